@@ -1,0 +1,33 @@
+# dmlviz — the two commands a newcomer needs:
+#   make report   set up .venv and run the main job (execute the notebooks, write the report)
+#   make test     set up .venv and run the test suite (what CI runs)
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PROFILE ?= quick
+DEVICE  ?= auto
+
+.PHONY: setup test report lint clean
+
+setup: $(STAMP)
+
+# torch is pinned in constraints.txt and installed in the same pip command as everything
+# else, so pip takes the CPU wheel instead of pulling a multi-GB CUDA build.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (dmlviz)" >/dev/null
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+report: setup
+	$(BIN)/dmlviz run all --profile $(PROFILE) --device $(DEVICE) --figures figures
+
+lint: setup
+	$(BIN)/ruff check dmlviz tests
+
+clean:
+	rm -rf $(VENV) reports .pytest_cache
