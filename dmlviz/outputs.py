@@ -29,7 +29,8 @@ def set_output_dir(out_dir: str | os.PathLike, figures_dir: str | os.PathLike | 
         out_dir: the notebook's output directory (created if missing). Metrics go to
             ``out_dir/metrics.json``, figures to ``out_dir/figures/``.
         figures_dir: optional second place figures are copied to (the repository's
-            ``figures/`` gallery when the main job runs).
+            ``figures/`` gallery when the main job runs). Defaults to the environment
+            variable ``DMLVIZ_FIGURES_DIR``, which the runner sets.
 
     Returns:
         The output directory as a ``Path``.
@@ -37,6 +38,7 @@ def set_output_dir(out_dir: str | os.PathLike, figures_dir: str | os.PathLike | 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _state["out_dir"] = out
+    figures_dir = figures_dir or os.environ.get("DMLVIZ_FIGURES_DIR")
     _state["figures_dir"] = Path(figures_dir) if figures_dir else None
     _state["metrics"] = {}
     existing = out / METRICS_FILE
