@@ -314,7 +314,7 @@ class ImageFolder:
                 try:
                     with Image.open(path) as img:
                         img.verify()
-                except Exception:
+                except (OSError, SyntaxError, ValueError):  # PIL: unidentified or truncated
                     unreadable.append(path)
                     continue
                 self.samples.append((path, label))

@@ -57,7 +57,7 @@ def output_dir() -> Path:
 def _as_json_value(name: str, value):
     if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
         value = value.item()
-    if isinstance(value, bool) or isinstance(value, str):
+    if isinstance(value, (bool, str)):
         return value
     if isinstance(value, numbers.Real):
         value = float(value) if not isinstance(value, int) else value

@@ -29,7 +29,7 @@ def test_shapes_contents():
     s = make_shapes(num_classes=6, per_class=5, size=32, seed=3)
     assert s.images.shape == (30, 3, 32, 32) and s.images.dtype == torch.float32
     assert s.masks.shape == (30, 32, 32) and s.masks.dtype == torch.bool
-    assert 0 <= s.images.min() and s.images.max() <= 1
+    assert s.images.min() >= 0 and s.images.max() <= 1
     assert s.labels.tolist() == [c for c in range(6) for _ in range(5)]
     # every object is visible and smaller than the image
     frac = s.masks.float().mean(dim=(1, 2))
