@@ -163,9 +163,9 @@ def test_pk_sampler():
         counts = torch.bincount(labels[batch], minlength=4)
         assert sorted(counts.tolist()) == [0, 4, 4, 4]  # P classes × K images
     epoch2 = list(sampler)
-    assert any(not torch.equal(a, b) for a, b in zip(epoch1, epoch2))
+    assert any(not torch.equal(a, b) for a, b in zip(epoch1, epoch2, strict=True))
     again = list(PKSampler(labels, p=3, k=4, seed=0))
-    assert all(torch.equal(a, b) for a, b in zip(epoch1, again))
+    assert all(torch.equal(a, b) for a, b in zip(epoch1, again, strict=True))
     with pytest.raises(ValueError, match="p must be in 1..4"):
         PKSampler(labels, p=5, k=2)
     with pytest.raises(ValueError, match="k must be"):
