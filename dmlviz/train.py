@@ -1,0 +1,176 @@
+"""A small, reproducible DML training loop for the notebooks.
+
+``fit`` trains any ``model`` that maps a batch of inputs (images, or precomputed features)
+to embeddings ``(B, D)`` with any loss called as ``loss(embeddings, labels)``. Batches come
+from :class:`dmlviz.data.PKSampler` (P classes × K samples), the optimiser is AdamW, the
+loss's own parameters (Proxy-Anchor proxies) get their own learning rate, and test metrics
+on unseen classes are measured every ``eval_every`` epochs.
+
+Finished runs are cached on disk (``dmlviz.cache``) under a key made of the initial weights
+of model and loss, the training data and every hyper-parameter, so re-running a notebook
+cell returns the trained model at once; a corrupt checkpoint is retrained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from dmlviz.cache import cache_dir, digest, load_entry, save_entry
+from dmlviz.checks import check_labels
+from dmlviz.data import PKSampler
+from dmlviz.utils import get_device, seed_everything
+
+
+@dataclass
+class History:
+    """What happened during :func:`fit`.
+
+    Attributes:
+        loss: mean training loss per epoch.
+        eval_epochs: epochs after which test metrics were measured (0 = before training).
+        metrics: ``{metric name: [value per eval epoch]}``, e.g. ``metrics["recall@1"]``.
+        from_cache: the model was loaded from the checkpoint cache instead of trained.
+    """
+
+    loss: list[float] = field(default_factory=list)
+    eval_epochs: list[int] = field(default_factory=list)
+    metrics: dict[str, list[float]] = field(default_factory=dict)
+    from_cache: bool = False
+
+    def to_dict(self) -> dict:
+        return {"loss": self.loss, "eval_epochs": self.eval_epochs, "metrics": self.metrics}
+
+    def add_eval(self, epoch: int, values: dict[str, float]) -> None:
+        self.eval_epochs.append(epoch)
+        for name, value in values.items():
+            self.metrics.setdefault(name, []).append(value)
+
+
+@torch.no_grad()
+def embed(model: nn.Module, inputs: torch.Tensor, batch_size: int = 256,
+          device: str | torch.device = "auto") -> torch.Tensor:
+    """Embeddings ``(N, D)`` of ``inputs`` in eval mode, batched, returned on the CPU."""
+    device = get_device(device)
+    was_training = model.training
+    model.eval()
+    out = [model(inputs[i:i + batch_size].to(device)).float().cpu()
+           for i in range(0, len(inputs), batch_size)]
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def evaluate(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
+             device: str | torch.device = "auto", **metric_kwargs) -> dict[str, float]:
+    """Retrieval metrics (Recall@K, MAP@R, R-precision, NMI) of ``model`` on ``inputs``."""
+    from dmlviz.metrics import retrieval_metrics
+
+    return retrieval_metrics(embed(model, inputs, device=device), labels, **metric_kwargs)
+
+
+def fit(
+    model: nn.Module,
+    loss: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    test_inputs: torch.Tensor | None = None,
+    test_labels: torch.Tensor | None = None,
+    epochs: int = 10,
+    p: int = 8,
+    k: int = 4,
+    lr: float = 1e-3,
+    loss_lr: float | None = None,
+    weight_decay: float = 1e-4,
+    eval_every: int = 1,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    cache: bool = True,
+    progress: bool = True,
+) -> History:
+    """Train ``model`` in place with ``loss`` on P×K batches; return the :class:`History`.
+
+    Args:
+        model: maps a batch of ``inputs`` to embeddings ``(B, D)``.
+        loss: called as ``loss(embeddings, labels)``; its parameters (if any) are trained too.
+        inputs: ``(N, ...)`` training inputs (images or features), indexed by batch.
+        labels: ``(N,)`` class ids.
+        test_inputs, test_labels: unseen-class data for the periodic metrics (optional).
+        epochs: passes of :class:`PKSampler` (N // (P·K) batches each), ≥ 1.
+        p, k: classes per batch and samples per class.
+        lr: AdamW learning rate of the model.
+        loss_lr: learning rate of the loss's parameters (default ``lr``); the multi-head DML
+            paper trains Proxy-Anchor proxies 100× faster than the network.
+        weight_decay: AdamW weight decay of the model (none on the loss's parameters).
+        eval_every: measure test metrics every this many epochs (and before training).
+        seed: seeds batch order and any randomness in the model's forward pass.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        cache: load/save the trained weights in the checkpoint cache.
+        progress: show a progress bar over epochs.
+
+    Returns:
+        The training history; ``model`` (and ``loss``) hold the trained weights, in eval mode.
+    """
+    labels = check_labels(labels, "labels")
+    if len(inputs) != len(labels):
+        raise ValueError(f"inputs has {len(inputs)} samples but labels has {len(labels)}")
+    if (test_inputs is None) != (test_labels is None):
+        raise ValueError("pass both test_inputs and test_labels, or neither")
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    if eval_every < 1:
+        raise ValueError(f"eval_every must be at least 1, got {eval_every}")
+    device = get_device(device)
+    sampler = PKSampler(labels, p=p, k=k, seed=seed)  # validates p and k
+
+    config = dict(model=type(model).__name__, loss=type(loss).__name__, epochs=epochs, p=p, k=k,
+                  lr=lr, loss_lr=loss_lr, weight_decay=weight_decay, eval_every=eval_every,
+                  seed=seed, test=test_labels is not None, version=1)
+    key = digest(config, model.state_dict(), loss.state_dict(), inputs, labels,
+                 test_inputs if test_inputs is not None else [])
+    path = cache_dir() / "checkpoints" / f"{key}.pt"
+    model.to(device)
+    loss.to(device)
+    if cache and (entry := load_entry(path)) is not None:
+        model.load_state_dict(entry["model"])
+        loss.load_state_dict(entry["loss"])
+        model.eval()
+        history = History(**entry["history"], from_cache=True)
+        return history
+
+    seed_everything(seed)
+    groups = [{"params": [q for q in model.parameters() if q.requires_grad],
+               "weight_decay": weight_decay}]
+    loss_params = [q for q in loss.parameters() if q.requires_grad]
+    if loss_params:
+        groups.append({"params": loss_params, "lr": loss_lr or lr, "weight_decay": 0.0})
+    optimiser = torch.optim.AdamW(groups, lr=lr)
+
+    history = History()
+    if test_inputs is not None:
+        history.add_eval(0, evaluate(model, test_inputs, test_labels, device))
+    bar = tqdm(range(1, epochs + 1), desc=f"fit {type(model).__name__}", disable=not progress)
+    for epoch in bar:
+        model.train()
+        total = 0.0
+        for batch in sampler:
+            value = loss(model(inputs[batch].to(device)), labels[batch].to(device))
+            optimiser.zero_grad(set_to_none=True)
+            value.backward()
+            optimiser.step()
+            total += value.item()
+        history.loss.append(total / len(sampler))
+        shown = {"loss": f"{history.loss[-1]:.3f}"}
+        if test_inputs is not None and (epoch % eval_every == 0 or epoch == epochs):
+            history.add_eval(epoch, evaluate(model, test_inputs, test_labels, device))
+            shown["R@1"] = f"{history.metrics['recall@1'][-1]:.3f}"
+        bar.set_postfix(shown)
+    model.eval()
+    if cache:
+        save_entry(path, {"model": {n: t.cpu() for n, t in model.state_dict().items()},
+                          "loss": {n: t.cpu() for n, t in loss.state_dict().items()},
+                          "history": history.to_dict()})
+    return history
