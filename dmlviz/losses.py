@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dmlviz.metrics import check_embeddings
+from dmlviz.checks import check_embeddings
 
 __all__ = [
     "HybridLoss",

@@ -47,78 +47,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dmlviz.checks import as_tensor, check_embeddings, check_int
+
 __all__ = [
-    "check_embeddings",
     "embedding_space_density",
     "knn",
     "retrieval_metrics",
     "spectral_decay",
 ]
-
-
-def check_embeddings(
-    embeddings: torch.Tensor,
-    labels: torch.Tensor | None = None,
-    *,
-    name: str = "embeddings",
-    labels_name: str = "labels",
-) -> None:
-    """Validate an embedding matrix and (optionally) its labels; raise a clear ValueError.
-
-    Shared by :mod:`dmlviz.metrics` and :mod:`dmlviz.losses`.
-
-    Args:
-        embeddings: ``(N, D)`` floating-point tensor, N ≥ 1, D ≥ 1.
-        labels: ``(N,)`` integer tensor (not bool), or None to check embeddings only.
-        name: what to call ``embeddings`` in the error message.
-        labels_name: what to call ``labels`` in the error message.
-
-    Raises:
-        ValueError: naming the argument, what was given and what is allowed.
-    """
-    if not isinstance(embeddings, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor of shape (N, D), "
-                         f"got {type(embeddings).__name__}")
-    if embeddings.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (N, D), got shape {tuple(embeddings.shape)}")
-    if not embeddings.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got dtype {embeddings.dtype}")
-    if embeddings.shape[0] < 1 or embeddings.shape[1] < 1:
-        raise ValueError(f"{name} must have at least one row and one column, "
-                         f"got shape {tuple(embeddings.shape)}")
-    if labels is None:
-        return
-    if not isinstance(labels, torch.Tensor):
-        raise ValueError(f"{labels_name} must be a torch.Tensor of shape (N,), "
-                         f"got {type(labels).__name__}")
-    if labels.ndim != 1:
-        raise ValueError(f"{labels_name} must be 1-D (N,), got shape {tuple(labels.shape)}")
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise ValueError(f"{labels_name} must be an integer tensor, got dtype {labels.dtype}")
-    if labels.shape[0] != embeddings.shape[0]:
-        raise ValueError(f"{name} and {labels_name} must have the same length: "
-                         f"{name} has shape {tuple(embeddings.shape)}, "
-                         f"{labels_name} has shape {tuple(labels.shape)}")
-
-
-def _as_tensor(x, name: str) -> torch.Tensor:
-    """Accept a torch tensor, a NumPy array or a nested list (metrics are often fed NumPy)."""
-    if isinstance(x, torch.Tensor):
-        return x
-    try:
-        return torch.as_tensor(np.asarray(x))
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise ValueError(f"{name} must be a tensor or array, got {type(x).__name__}") from err
-
-
-def _check_int(value, name: str, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    value = int(value)
-    if value < low or (high is not None and value > high):
-        allowed = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be in {allowed}, got {value}")
-    return value
 
 
 def knn(
@@ -168,8 +104,8 @@ def knn(
     if available < 1:
         raise ValueError(f"k: no references to search ({n_ref} reference rows"
                          f"{', minus the query itself' if drop_self else ''})")
-    k = _check_int(k, "k", 1, available)
-    chunk_size = _check_int(chunk_size, "chunk_size", 1)
+    k = check_int(k, "k", 1, available)
+    chunk_size = check_int(chunk_size, "chunk_size", 1)
 
     q = F.normalize(queries, dim=1)  # (N, D)
     r = q if self_search else F.normalize(reference, dim=1)  # (R, D)
@@ -191,7 +127,7 @@ def _check_ks(ks, n: int) -> tuple[int, ...]:
         ks = (ks,)
     if not isinstance(ks, Sequence) or isinstance(ks, str) or len(ks) == 0:
         raise ValueError(f"ks must be a non-empty sequence of integers, got {ks!r}")
-    return tuple(_check_int(k, f"ks (entry {k!r}; the number of other samples is {n - 1})",
+    return tuple(check_int(k, f"ks (entry {k!r}; the number of other samples is {n - 1})",
                             1, n - 1) for k in ks)
 
 
@@ -230,8 +166,8 @@ def retrieval_metrics(
         ValueError: wrong ranks/dtypes, mismatched lengths, fewer than two classes, no
             class with two samples, or a K outside [1, N − 1].
     """
-    embeddings = _as_tensor(embeddings, "embeddings")
-    labels = _as_tensor(labels, "labels")
+    embeddings = as_tensor(embeddings, "embeddings")
+    labels = as_tensor(labels, "labels")
     check_embeddings(embeddings, labels)
     labels = labels.to(embeddings.device)
     n = embeddings.shape[0]
@@ -308,8 +244,8 @@ def embedding_space_density(
         ValueError: wrong ranks/dtypes, mismatched lengths, < 2 classes, no class with
             ≥ 2 samples.
     """
-    embeddings = _as_tensor(embeddings, "embeddings")
-    labels = _as_tensor(labels, "labels")
+    embeddings = as_tensor(embeddings, "embeddings")
+    labels = as_tensor(labels, "labels")
     check_embeddings(embeddings, labels)
     labels = labels.to(embeddings.device)
     classes, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
@@ -368,10 +304,10 @@ def spectral_decay(
     Raises:
         ValueError: wrong rank/dtype, or ``exclude_largest`` leaves fewer than 2 values.
     """
-    embeddings = _as_tensor(embeddings, "embeddings")
+    embeddings = as_tensor(embeddings, "embeddings")
     check_embeddings(embeddings)
     n_values = min(embeddings.shape)
-    exclude_largest = _check_int(
+    exclude_largest = check_int(
         exclude_largest, f"exclude_largest (the matrix has {n_values} singular values)",
         0, n_values - 2)
     x = embeddings.double()

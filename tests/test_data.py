@@ -149,7 +149,7 @@ def test_class_disjoint_split():
         class_disjoint_split(torch.zeros(5, dtype=torch.long))
     with pytest.raises(ValueError, match="train_fraction"):
         class_disjoint_split(labels, train_fraction=1.0)
-    with pytest.raises(ValueError, match="integer"):
+    with pytest.raises(ValueError, match="integer tensor"):
         class_disjoint_split(torch.rand(5))
 
 

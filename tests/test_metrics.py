@@ -15,8 +15,8 @@ from scipy.stats import entropy
 from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score
 
+from dmlviz.checks import check_embeddings
 from dmlviz.metrics import (
-    check_embeddings,
     embedding_space_density,
     knn,
     retrieval_metrics,
