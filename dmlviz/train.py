@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from dmlviz.cache import cache_dir, digest, load_entry, save_entry
 from dmlviz.checks import check_labels
 from dmlviz.data import PKSampler
+from dmlviz.losses import parameter_groups
 from dmlviz.utils import get_device, seed_everything
 
 
@@ -142,12 +143,10 @@ def fit(
         return history
 
     seed_everything(seed)
-    groups = [{"params": [q for q in model.parameters() if q.requires_grad],
-               "weight_decay": weight_decay}]
-    loss_params = [q for q in loss.parameters() if q.requires_grad]
-    if loss_params:
-        groups.append({"params": loss_params, "lr": loss_lr or lr, "weight_decay": 0.0})
-    optimiser = torch.optim.AdamW(groups, lr=lr)
+    groups = parameter_groups(model, loss, lr=lr, proxy_lr=loss_lr or lr)
+    for group in groups:  # no weight decay on proxies
+        group["weight_decay"] = weight_decay if group["name"] == "model" else 0.0
+    optimiser = torch.optim.AdamW(groups)
 
     history = History()
     if test_inputs is not None:
