@@ -55,7 +55,6 @@ import hashlib
 import importlib.resources
 import json
 import math
-import os
 import warnings
 import weakref
 from collections.abc import Sequence
@@ -67,6 +66,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from dmlviz.cache import cache_dir, load_entry, save_entry
 from dmlviz.utils import get_device
 
 __all__ = ["EfficientNetLite0", "SmallCNN", "cache_dir", "efficientnet_lite0", "extract_features"]
@@ -405,19 +405,6 @@ CACHE_FORMAT = 1
 _weight_digests: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def cache_dir() -> Path:
-    """The cache directory (created if missing).
-
-    ``$DMLVIZ_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/dmlviz``, else ``~/.cache/dmlviz``.
-    """
-    root = os.environ.get("DMLVIZ_CACHE_DIR")
-    if not root:
-        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dmlviz"
-    path = Path(root).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def _hash_array(h, a) -> None:
     if torch.is_tensor(a):
         t = a.detach().cpu().contiguous()
@@ -496,7 +483,9 @@ def extract_features(model: nn.Module, images, *, stride: int | None = None, hea
     constants. Entries are written atomically with ``torch.save`` under
     ``cache_dir()/features/`` and read with ``torch.load(..., weights_only=True)``; an
     unreadable, corrupt or mismatched entry is rebuilt with a warning. The device is not in
-    the key (CPU and GPU results agree to float tolerance).
+    the key (CPU and GPU results agree to float tolerance). The directory is
+    :func:`dmlviz.cache.cache_dir` (``$DMLVIZ_CACHE_DIR``, else ``$XDG_CACHE_HOME/dmlviz``,
+    else ``~/.cache/dmlviz``), shared with the training checkpoints.
 
     Args:
         model: an :class:`EfficientNetLite0`, a :class:`SmallCNN` or any ``nn.Module``. It is
@@ -534,7 +523,7 @@ def extract_features(model: nn.Module, images, *, stride: int | None = None, hea
                 "n": n, "stride": stride, "head": head, "prepare": prep}
         key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
         path = cache_dir() / "features" / f"{key}.pt"
-        cached = _load_entry(path, key, n)
+        cached = _cached_features(path, key, n)
         if cached is not None:
             return cached
     model.to(device)
@@ -552,20 +541,17 @@ def extract_features(model: nn.Module, images, *, stride: int | None = None, hea
         model.train(was_training)
     features = torch.cat(outs)
     if path is not None:
-        _save_entry(path, {"key": key, "features": features})
+        try:
+            save_entry(path, {"key": key, "features": features})
+        except OSError as err:  # a cache that cannot be written only costs a warning
+            warnings.warn(f"could not write feature cache entry {str(path)!r}: {err}", stacklevel=2)
     return features
 
 
-def _load_entry(path: Path, key: str, n: int) -> torch.Tensor | None:
-    """The cached features, or None (missing, or unreadable/mismatched: warn, rebuild)."""
-    if not path.exists():
-        return None
-    try:
-        entry = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 — whatever broke the file, it is rebuilt
-        first_line = (str(err).strip().splitlines() or [""])[0]
-        warnings.warn(f"feature cache entry {str(path)!r} is unreadable "
-                      f"({type(err).__name__}: {first_line}); rebuilding it", stacklevel=3)
+def _cached_features(path: Path, key: str, n: int) -> torch.Tensor | None:
+    """The cached features, or None: missing, or unreadable/mismatched (warned, rebuilt)."""
+    entry = load_entry(path)  # warns itself about an unreadable file
+    if entry is None:
         return None
     if not isinstance(entry, dict) or entry.get("key") != key:
         reason = "its key does not match"
@@ -576,15 +562,3 @@ def _load_entry(path: Path, key: str, n: int) -> torch.Tensor | None:
     warnings.warn(f"feature cache entry {str(path)!r} is stale ({reason}); rebuilding it",
                   stacklevel=3)
     return None
-
-
-def _save_entry(path: Path, obj) -> None:
-    """Write atomically; a cache that cannot be written only costs a warning."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except OSError as err:
-        warnings.warn(f"could not write feature cache entry {str(path)!r}: {err}", stacklevel=3)
-        tmp.unlink(missing_ok=True)

@@ -352,7 +352,7 @@ def test_corrupt_cache_entry_is_rebuilt_with_a_warning():
     good = extract_features(net, x, progress=False)
     (entry,) = _entries()
     entry.write_bytes(b"\x00garbage, not a torch file")
-    with pytest.warns(UserWarning, match="unreadable.*rebuilding"):
+    with pytest.warns(UserWarning, match=r"(?s)unreadable.*rebuilding"):
         rebuilt = extract_features(net, x, progress=False)
     assert torch.equal(rebuilt, good) and len(calls) == 2
     assert torch.load(entry, weights_only=True)["features"].shape == (5, 8)  # rewritten
