@@ -23,10 +23,10 @@ from dmlviz.backbones import (
     efficientnet_lite0,
     extract_features,
 )
+from dmlviz.imagenet import imagenet_labels
 
-# No installed package ships the 1000 ImageNet class names, so only the indices these tests
-# use are named here; checked against Keras' imagenet_class_index.json (the list pytorch/hub
-# mirrors as imagenet_classes.txt).
+# The indices these tests use, named independently of dmlviz.imagenet (checked against Keras'
+# imagenet_class_index.json, the list pytorch/hub mirrors as imagenet_classes.txt).
 IMAGENET = {
     281: "tabby", 282: "tiger cat", 283: "Persian cat", 284: "Siamese cat", 285: "Egyptian cat",
     504: "coffee mug", 967: "espresso", 968: "cup",
@@ -402,3 +402,14 @@ def test_gpu_features_match_cpu(photos):
     torch.testing.assert_close(gpu, cpu, atol=1e-3, rtol=1e-3)
     top = model.top_k(images[0])  # the model now lives on the GPU
     assert top[0][0][0] in EXPECTED["chelsea"]
+
+
+def test_imagenet_labels_agree_with_the_independent_names():
+    names = imagenet_labels()
+    assert len(names) == 1000
+    assert {i: names[i] for i in IMAGENET} == IMAGENET
+
+
+def test_top_k_with_names(model, photos):
+    (top,) = model.top_k([photos["coffee"]], k=3, labels=imagenet_labels())
+    assert top[0][0] == "espresso" and 0 < top[0][1] <= 1
