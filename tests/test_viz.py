@@ -1,0 +1,65 @@
+import matplotlib
+import numpy as np
+import pytest
+import torch
+
+from dmlviz.train import History
+from dmlviz.viz import (
+    image_grid,
+    photo_predictions,
+    plot_embedding_2d,
+    plot_history,
+    plot_metric_bars,
+    plot_retrievals,
+    project_2d,
+)
+
+matplotlib.use("Agg")
+
+
+def test_image_grid_layout_and_masks():
+    images = torch.rand(10, 3, 16, 16)
+    masks = torch.zeros(10, 16, 16, dtype=torch.bool)
+    masks[:, 4:12, 4:12] = True
+    fig = image_grid(images, [str(i) for i in range(10)], masks=masks, ncols=4)
+    axes = fig.axes
+    assert len(axes) == 12 and axes[0].get_title() == "0"
+    assert len(axes[0].collections) == 1  # the mask outline
+    assert not axes[11].images  # padding cells stay empty
+    with pytest.raises(ValueError, match="titles has 2 entries for 10 images"):
+        image_grid(images, ["a", "b"])
+
+
+def test_grey_images_and_photo_panel():
+    fig = image_grid(torch.rand(3, 1, 8, 8))
+    assert fig.axes[0].images[0].get_array().ndim == 2
+    photos = {"a": np.zeros((10, 20, 3), np.uint8), "b": np.ones((12, 12, 3), np.uint8)}
+    fig = photo_predictions(photos, {"a": [("cat", 0.9)], "b": [("dog", 0.5), ("cat", 0.1)]})
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert any("90.0%  cat" in t for t in texts)
+
+
+def test_retrievals_frames_match_labels():
+    emb = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    labels = torch.tensor([0, 0, 1, 1])
+    fig = plot_retrievals(torch.rand(4, 3, 8, 8), emb, labels, queries=[0], k=2)
+    first, second = fig.axes[1], fig.axes[2]
+    assert first.spines["top"].get_edgecolor()[:3] == matplotlib.colors.to_rgb("tab:green")
+    assert second.spines["top"].get_edgecolor()[:3] == matplotlib.colors.to_rgb("tab:red")
+
+
+def test_projection_and_curves():
+    x = torch.randn(40, 8)
+    pts = project_2d(x, method="tsne", seed=0, perplexity=5)
+    assert pts.shape == (40, 2)
+    assert np.allclose(pts, project_2d(x, method="tsne", seed=0, perplexity=5))
+    assert project_2d(x, method="pca").shape == (40, 2)
+    with pytest.raises(ValueError, match="'tsne' or 'pca'"):
+        project_2d(x, method="umap")
+    plot_embedding_2d(pts, torch.arange(40) % 4)
+    h = History(loss=[1.0, 0.5], eval_epochs=[0, 2], metrics={"recall@1": [0.2, 0.6]})
+    assert plot_history(h).axes[0].lines[0].get_ydata().tolist() == [0.2, 0.6]
+    with pytest.raises(ValueError, match="no metric 'map@r'"):
+        plot_history(h, "map@r")
+    fig = plot_metric_bars({"a": {"recall@1": 0.5, "map@r": 0.2, "nmi": 0.3}})
+    assert len(fig.axes[0].patches) == 3
