@@ -4,7 +4,9 @@
 to embeddings ``(B, D)`` with any loss called as ``loss(embeddings, labels)``. Batches come
 from :class:`dmlviz.data.PKSampler` (P classes × K samples), the optimiser is AdamW, the
 loss's own parameters (Proxy-Anchor proxies) get their own learning rate, and test metrics
-on unseen classes are measured every ``eval_every`` epochs.
+on unseen classes are measured every ``eval_every`` epochs. Inputs may be one tensor or a tuple
+of tensors indexed together (e.g. a local and a global feature map), passed to the model as
+``model(*batch)``.
 
 Finished runs are cached on disk (``dmlviz.cache``) under a key made of the initial weights
 of model and loss, the training data and every hyper-parameter, so re-running a notebook
@@ -51,20 +53,54 @@ class History:
             self.metrics.setdefault(name, []).append(value)
 
 
+Inputs = torch.Tensor | tuple[torch.Tensor, ...]
+
+
+def _check_inputs(inputs, name: str = "inputs") -> Inputs:
+    """``inputs`` as one tensor or a tuple of tensors of equal length (N, ...)."""
+    if torch.is_tensor(inputs):
+        return inputs
+    if (not isinstance(inputs, (tuple, list)) or not inputs
+            or not all(torch.is_tensor(t) for t in inputs)):
+        raise ValueError(f"{name} must be a tensor (N, ...) or a tuple of tensors indexed "
+                         f"together, got {type(inputs).__name__}")
+    lengths = [len(t) for t in inputs]
+    if len(set(lengths)) != 1:
+        raise ValueError(f"the tensors of {name} must have the same length N, got {lengths}")
+    return tuple(inputs)
+
+
+def _take(inputs: Inputs, index, device) -> Inputs:
+    """Rows ``index`` of one tensor or of each tensor of a tuple, on ``device``."""
+    if isinstance(inputs, tuple):
+        return tuple(t[index].to(device) for t in inputs)
+    return inputs[index].to(device)
+
+
+def _forward(model: nn.Module, batch: Inputs) -> torch.Tensor:
+    return model(*batch) if isinstance(batch, tuple) else model(batch)
+
+
 @torch.no_grad()
-def embed(model: nn.Module, inputs: torch.Tensor, batch_size: int = 256,
+def embed(model: nn.Module, inputs: Inputs, batch_size: int = 256,
           device: str | torch.device = "auto") -> torch.Tensor:
-    """Embeddings ``(N, D)`` of ``inputs`` in eval mode, batched, returned on the CPU."""
+    """Embeddings ``(N, D)`` of ``inputs`` in eval mode, batched, returned on the CPU.
+
+    ``inputs`` is one tensor ``(N, ...)`` or a tuple of tensors indexed together and passed
+    as ``model(*batch)``.
+    """
     device = get_device(device)
+    inputs = _check_inputs(inputs)
+    n = len(inputs[0]) if isinstance(inputs, tuple) else len(inputs)
     was_training = model.training
     model.eval()
-    out = [model(inputs[i:i + batch_size].to(device)).float().cpu()
-           for i in range(0, len(inputs), batch_size)]
+    out = [_forward(model, _take(inputs, slice(i, i + batch_size), device)).float().cpu()
+           for i in range(0, n, batch_size)]
     model.train(was_training)
     return torch.cat(out)
 
 
-def evaluate(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
+def evaluate(model: nn.Module, inputs: Inputs, labels: torch.Tensor,
              device: str | torch.device = "auto", **metric_kwargs) -> dict[str, float]:
     """Retrieval metrics (Recall@K, MAP@R, R-precision, NMI) of ``model`` on ``inputs``."""
     from dmlviz.metrics import retrieval_metrics
@@ -75,10 +111,10 @@ def evaluate(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
 def fit(
     model: nn.Module,
     loss: nn.Module,
-    inputs: torch.Tensor,
+    inputs: Inputs,
     labels: torch.Tensor,
     *,
-    test_inputs: torch.Tensor | None = None,
+    test_inputs: Inputs | None = None,
     test_labels: torch.Tensor | None = None,
     epochs: int = 10,
     p: int = 8,
@@ -97,7 +133,8 @@ def fit(
     Args:
         model: maps a batch of ``inputs`` to embeddings ``(B, D)``.
         loss: called as ``loss(embeddings, labels)``; its parameters (if any) are trained too.
-        inputs: ``(N, ...)`` training inputs (images or features), indexed by batch.
+        inputs: ``(N, ...)`` training inputs (images or features), indexed by batch; or a
+            tuple of such tensors, indexed together and passed as ``model(*batch)``.
         labels: ``(N,)`` class ids.
         test_inputs, test_labels: unseen-class data for the periodic metrics (optional).
         epochs: passes of :class:`PKSampler` (N // (P·K) batches each), ≥ 1.
@@ -116,10 +153,14 @@ def fit(
         The training history; ``model`` (and ``loss``) hold the trained weights, in eval mode.
     """
     labels = check_labels(labels, "labels")
-    if len(inputs) != len(labels):
-        raise ValueError(f"inputs has {len(inputs)} samples but labels has {len(labels)}")
+    inputs = _check_inputs(inputs, "inputs")
+    n = len(inputs[0]) if isinstance(inputs, tuple) else len(inputs)
+    if n != len(labels):
+        raise ValueError(f"inputs has {n} samples but labels has {len(labels)}")
     if (test_inputs is None) != (test_labels is None):
         raise ValueError("pass both test_inputs and test_labels, or neither")
+    if test_inputs is not None:
+        test_inputs = _check_inputs(test_inputs, "test_inputs")
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
     if eval_every < 1:
@@ -156,7 +197,7 @@ def fit(
         model.train()
         total = 0.0
         for batch in sampler:
-            value = loss(model(inputs[batch].to(device)), labels[batch].to(device))
+            value = loss(_forward(model, _take(inputs, batch, device)), labels[batch].to(device))
             optimiser.zero_grad(set_to_none=True)
             value.backward()
             optimiser.step()

@@ -92,3 +92,41 @@ def test_digest_and_entries(tmp_path):
     save_entry(tmp_path / "x.pt", {"t": torch.arange(3)})
     assert torch.equal(load_entry(tmp_path / "x.pt")["t"], torch.arange(3))
     assert load_entry(tmp_path / "missing.pt") is None
+
+
+class _TwoInputs(nn.Module):
+    """Adds two views of the input before a linear map: checks ``model(*batch)``."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Linear(16, 8), nn.Linear(4, 8)
+
+    def forward(self, x, z):
+        return self.a(x) + self.b(z)
+
+
+def test_fit_and_embed_accept_a_tuple_of_inputs():
+    x, y = _blobs()
+    z = x[:, :4] * 2
+    xt, yt = _blobs(seed=1)
+    model = _TwoInputs()
+    hist = fit(model, MultiSimilarityLoss(), (x, z), y, test_inputs=(xt, xt[:, :4] * 2),
+               test_labels=yt, epochs=3, p=4, k=4, progress=False)
+    assert len(hist.loss) == 3 and len(hist.metrics["recall@1"]) == 4
+    expected = model(x, z)
+    assert torch.allclose(embed(model, (x, z), batch_size=5), expected, atol=1e-6)
+    again = fit(_TwoInputs(), MultiSimilarityLoss(), (x, z), y, test_inputs=(xt, xt[:, :4] * 2),
+                test_labels=yt, epochs=3, p=4, k=4, progress=False)
+    assert again.from_cache and again.loss == hist.loss
+
+
+@pytest.mark.parametrize("inputs, match", [
+    (lambda x: (x, x[:-1]), "same length"),
+    (lambda x: (x, "text"), "tuple of tensors"),
+    (lambda x: (), "tuple of tensors"),
+])
+def test_fit_bad_tuple_inputs(inputs, match):
+    x, y = _blobs()
+    with pytest.raises(ValueError, match=match):
+        fit(_model(), MultiSimilarityLoss(), inputs(x), y, progress=False)
