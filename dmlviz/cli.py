@@ -1,0 +1,133 @@
+"""The ``dmlviz`` command: ``list``, ``run``, ``report``, ``baseline``.
+
+    dmlviz list                                  notebooks, titles, parameters
+    dmlviz run [NOTEBOOK ...|all] [--profile quick|full] [--device auto|cpu|cuda]
+               [-p NAME VALUE ...] [--out DIR] [--jobs N] [--timeout SECONDS]
+               [--baseline FILE|none] [--figures DIR]
+    dmlviz report OLD_DIR NEW_DIR [--out FILE.md|FILE.html]
+    dmlviz baseline RUN_DIR [--out FILE] [--fresh]
+
+Exit status: 0 success; 1 a notebook failed or a metric regressed (``run``);
+2 a usage error (unknown notebook, parameter, profile or device; missing or corrupt file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dmlviz import report, runner
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dmlviz", description="Run the dmlviz notebooks with "
+                                "papermill and write regression reports.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{list,run,report,baseline}")
+
+    ls = sub.add_parser("list", help="the notebooks in order, with title and parameters")
+    ls.add_argument("--notebooks", metavar="DIR", help="notebook directory (default notebooks/)")
+
+    r = sub.add_parser("run", help="execute notebooks and write a report",
+                       description="Execute notebooks with papermill (one process each) and "
+                       "write DIR/summary.json, summary.md, index.html and per-notebook "
+                       "executed copies, HTML and metrics. Exit 0 only when every notebook "
+                       "succeeded and no metric regressed.")
+    r.add_argument("names", nargs="*", default=["all"], metavar="NOTEBOOK",
+                   help="notebook names (00_quickstart, 00, quickstart) or 'all' (default)")
+    r.add_argument("--profile", choices=runner.PROFILES, default="quick",
+                   help="quick (CI, ~1 min per notebook on 2 CPU cores) or full (course)")
+    r.add_argument("--device", choices=runner.DEVICES, default="auto")
+    r.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
+                   metavar=("NAME", "VALUE"), help="override a notebook parameter "
+                   "(VALUE read as a Python literal, else a string); repeatable")
+    r.add_argument("--out", metavar="DIR", help="run directory (default reports/<timestamp>/)")
+    r.add_argument("--jobs", type=int, default=1, metavar="N", help="notebooks at once (1)")
+    r.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="limit for any single cell (default 600 quick, 3600 full)")
+    r.add_argument("--baseline", metavar="FILE", default="default",
+                   help="expected metrics (default tests/baselines/<profile>.json when it "
+                   "exists); 'none' to skip the comparison")
+    r.add_argument("--figures", metavar="DIR", help="also copy exported figures here")
+    r.add_argument("--notebooks", metavar="DIR", help="notebook directory (default notebooks/)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    c = sub.add_parser("report", help="compare two runs side by side")
+    c.add_argument("old", metavar="OLD_DIR")
+    c.add_argument("new", metavar="NEW_DIR")
+    c.add_argument("--out", metavar="FILE", help="also write the comparison here "
+                   "(.md or .html; default NEW_DIR/compare-<OLD>.html)")
+
+    b = sub.add_parser("baseline", help="write tests/baselines/<profile>.json from a run")
+    b.add_argument("run_dir", metavar="RUN_DIR")
+    b.add_argument("--out", metavar="FILE", help="baseline file (default "
+                   "tests/baselines/<profile>.json)")
+    b.add_argument("--fresh", action="store_true", help="ignore tolerances already in the file")
+    return p
+
+
+def _list(args) -> int:
+    nbs = runner.discover(args.notebooks)
+    if not nbs:
+        print(f"no notebooks in {args.notebooks or runner.default_notebook_dir()}")
+    for nb in nbs:
+        print(f"{nb.name}  {nb.title}")
+        for name, p in nb.parameters.items():
+            typ = f" ({p['type']})" if p.get("type") not in (None, "None") else ""
+            helptext = f"  # {p['help']}" if p.get("help") else ""
+            print(f"    {name} = {p['default']}{typ}{helptext}")
+    return 0
+
+
+def _run(args) -> int:
+    params = {name: runner.parse_value(value) for name, value in args.parameter}
+    baseline = None if args.baseline.lower() == "none" else args.baseline
+    result = runner.run(args.names, profile=args.profile, device=args.device,
+                        parameters=params, out=args.out, jobs=args.jobs, timeout=args.timeout,
+                        baseline=baseline, figures=args.figures, notebook_dir=args.notebooks,
+                        progress=not args.no_progress)
+    s = result.summary
+    probs = report.problems(s)
+    print(f"{len(s['notebooks'])} notebook(s), profile {s['profile']}, device "
+          f"{s['device_resolved']}, {report.fmt_duration(s['duration_s'])}, baseline "
+          f"{s['baseline'] or 'none'}")
+    print("OK: every notebook succeeded, no metric regressed" if not probs
+          else f"NOT OK: {len(probs)} problem(s)")
+    for line in probs:
+        print(f"  - {line}")
+    print(f"report: {result.out_dir / 'index.html'}")
+    return result.exit_code
+
+
+def _report(args) -> int:
+    md, page = report.compare_runs(args.old, args.new)
+    print(md)
+    out = Path(args.out) if args.out else Path(args.new) / f"compare-{Path(args.old).name}.html"
+    out.write_text(md if out.suffix == ".md" else page, encoding="utf-8")
+    print(f"written: {out}")
+    return 0
+
+
+def _baseline(args) -> int:
+    path, changes = report.make_baseline(args.run_dir, args.out, fresh=args.fresh,
+                                         root=runner.project_root())
+    for line in changes:
+        print(f"  {line}")
+    print(f"written: {path} ({len(changes)} change(s)); review every 'why' that starts "
+          "with DEFAULT before committing it")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``dmlviz`` console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        return {"list": _list, "run": _run, "report": _report, "baseline": _baseline}[
+            args.command](args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"dmlviz {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

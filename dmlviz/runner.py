@@ -1,0 +1,629 @@
+"""The papermill runner behind ``dmlviz run``: execute notebooks, collect metrics, write a report.
+
+Each selected notebook runs with papermill (kernel ``python3``) in its own worker process,
+``jobs`` at a time, with the contract parameters injected: ``quick`` from the profile
+(``quick`` → True, ``full`` → False), ``device``, ``interactive=False`` and
+``out_dir=DIR/<stem>``, plus any ``-p NAME VALUE`` the notebook declares. The kernel runs in
+the notebook's own directory, with ``PLOTLY_RENDERER=plotly_mimetype+notebook`` (so the
+executed notebook carries plotly.js once and its HTML export renders offline),
+``DMLVIZ_FIGURES_DIR`` when ``figures`` is given, and ``OMP_NUM_THREADS`` = cores / jobs
+unless already set.
+
+A run directory ``DIR`` (default ``reports/<YYYYmmdd-HHMMSS>/``) holds::
+
+    summary.json  summary.md  index.html
+    <stem>/<stem>.ipynb     executed notebook; the partial copy when it failed or timed out
+    <stem>/<stem>.html      standalone HTML export (no CDN links; plotly.js embedded)
+    <stem>/metrics.json     what the notebook recorded with dmlviz.record (kept on failure)
+    <stem>/figures/         what it saved with dmlviz.save_figure / save_plotly
+    <stem>/run.log          papermill, kernel and cell output log of that notebook
+
+``summary.json`` (schema version 1; paths are relative to ``DIR``)::
+
+    {
+      "schema": 1,
+      "profile": "quick" | "full",
+      "device": "auto" | "cpu" | "cuda",          # as requested
+      "device_resolved": "cpu" | "cuda",
+      "started": "2026-01-31T12:00:00+00:00",     # ISO 8601, UTC
+      "finished": "...", "duration_s": 71.3,
+      "ok": true,                                 # every notebook ok and no regression
+      "baseline": "tests/baselines/quick.json" | null,
+      "jobs": 2, "timeout_s": 600,                # timeout_s: limit for any single cell
+      "parameters": {"NAME": value},              # the -p overrides
+      "environment": {"python", "platform", "cpu_count", "dmlviz", "git_commit"},
+      "notebooks": {
+        "<stem>": {
+          "status": "ok" | "failed" | "timeout" | "kernel_died",
+          "duration_s": 42.0,
+          "error": null | {"cell": i | null, "exec_count": n | null, "ename": "...",
+                           "evalue": "..."},
+          "metrics": {"name": value},
+          "regressions": [{"metric", "value", "baseline", "tolerance", "reason"}],
+          "title": "...", "parameters": {...injected...},
+          "executed": "<stem>/<stem>.ipynb", "html": "<stem>/<stem>.html" | null,
+          "log": "<stem>/run.log", "figures": ["<stem>/figures/x.png", ...]
+        }
+      }
+    }
+
+``status`` comes from the exception execution raised, never from notebook metadata:
+``PapermillExecutionError`` → ``failed``, nbclient's ``CellTimeoutError`` → ``timeout``,
+``DeadKernelError`` → ``kernel_died``; any other error (kernel missing, unreadable
+notebook) → ``failed`` with ``cell: null``. ``error.cell`` is the 0-based index of the cell
+execution stopped in, counted in the *stored* notebook (``notebooks/<stem>.ipynb``);
+``error.exec_count`` is its ``In [n]`` label in the executed copy and its HTML. The executed
+copy of a timed-out or dead-kernel run gets a banner cell and the error as the stopped
+cell's output (papermill itself saves it without any error flag).
+See :mod:`dmlviz.report` for baselines and what counts as a regression.
+"""
+
+from __future__ import annotations
+
+import ast
+import concurrent.futures as cf
+import datetime as _dt
+import json
+import logging
+import multiprocessing
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dmlviz import report
+
+PROFILES = ("quick", "full")
+DEVICES = ("auto", "cpu", "cuda")
+STATUSES = ("ok", "failed", "timeout", "kernel_died")
+CONTRACT = ("quick", "seed", "device", "interactive", "out_dir")
+SET_BY_RUNNER = {"quick": "--profile", "device": "--device", "interactive": "the runner (False)",
+                 "out_dir": "--out"}
+DEFAULT_TIMEOUT = {"quick": 600, "full": 3600}
+KERNEL = "python3"
+_REMOTE_SCRIPT = re.compile(r"""<script[^>]*\bsrc=["']https?://[^"']*["'][^>]*>\s*</script>""", re.I)
+
+
+# --------------------------------------------------------------------------- discovery
+
+@dataclass
+class NotebookInfo:
+    """A notebook of the sequence: ``name`` is the file stem, e.g. ``00_quickstart``."""
+
+    name: str
+    path: Path
+    title: str = ""
+    parameters: dict[str, dict] = field(default_factory=dict)
+
+
+def project_root() -> Path:
+    """The current directory when it has ``notebooks/``, else the checkout dmlviz lives in."""
+    cwd = Path.cwd()
+    return cwd if (cwd / "notebooks").is_dir() else Path(__file__).resolve().parent.parent
+
+
+def default_notebook_dir() -> Path:
+    """``notebooks/`` of :func:`project_root`."""
+    return project_root() / "notebooks"
+
+
+def default_baseline(profile: str) -> Path:
+    """``tests/baselines/<profile>.json`` of :func:`project_root`."""
+    return project_root() / "tests" / "baselines" / f"{profile}.json"
+
+
+def _title(nb) -> str:
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.startswith("# "):
+                    return line[2:].strip()
+            return ""
+    return ""
+
+
+def discover(notebook_dir: str | os.PathLike | None = None) -> list[NotebookInfo]:
+    """The notebooks of a directory in name order, with title and parameters.
+
+    Args:
+        notebook_dir: default :func:`default_notebook_dir`.
+
+    Returns:
+        One :class:`NotebookInfo` per ``*.ipynb`` (hidden and ``_``-prefixed files skipped);
+        parameters as papermill's ``inspect_notebook`` reads them (name → default, type, help).
+    """
+    import nbformat
+    import papermill
+
+    notebook_dir = Path(notebook_dir or default_notebook_dir()).resolve()
+    if not notebook_dir.is_dir():
+        raise FileNotFoundError(f"notebook directory {str(notebook_dir)!r} does not exist")
+    infos = []
+    for path in sorted(notebook_dir.glob("*.ipynb")):
+        if path.name.startswith((".", "_")):
+            continue
+        nb = nbformat.read(path, as_version=4)
+        params = papermill.inspect_notebook(str(path))
+        infos.append(NotebookInfo(path.stem, path, _title(nb), {
+            k: {"default": v.get("default"), "type": v.get("inferred_type_name"),
+                "help": v.get("help", "")} for k, v in params.items()}))
+    return infos
+
+
+def select(names: list[str] | tuple[str, ...], notebooks: list[NotebookInfo]) -> list[NotebookInfo]:
+    """Pick notebooks by name: ``all``, a stem (``00_quickstart``), a file name, its number
+    (``00``) or the part after the number (``quickstart``).
+
+    Raises:
+        ValueError: a name matches no notebook (the message lists the available ones).
+    """
+    if not names or list(names) == ["all"]:
+        return list(notebooks)
+    chosen: list[NotebookInfo] = []
+    for raw in names:
+        key = Path(raw).stem if raw.endswith(".ipynb") else raw
+        hits = [nb for nb in notebooks if key in (nb.name, nb.name.split("_", 1)[0],
+                                                  nb.name.split("_", 1)[-1])]
+        if len(hits) != 1:
+            avail = ", ".join(nb.name for nb in notebooks) or "none"
+            what = "matches no notebook" if not hits else "is ambiguous"
+            raise ValueError(f"notebook {raw!r} {what}; available: {avail} (or 'all')")
+        if hits[0] not in chosen:
+            chosen.append(hits[0])
+    return sorted(chosen, key=lambda nb: nb.name)
+
+
+def parse_value(text: str) -> Any:
+    """A ``-p`` value: a Python literal (``8``, ``0.5``, ``True``, ``None``, ``[1, 2]``,
+    ``'x'``) or else the text itself as a string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def check_overrides(overrides: dict[str, Any], notebooks: list[NotebookInfo]) -> None:
+    """Refuse ``-p`` names no selected notebook declares, or that the runner sets itself.
+
+    Raises:
+        ValueError: naming the parameter and listing the allowed names.
+    """
+    declared = sorted({p for nb in notebooks for p in nb.parameters} - set(SET_BY_RUNNER))
+    for name in overrides:
+        if name in SET_BY_RUNNER:
+            raise ValueError(f"-p {name} is set by {SET_BY_RUNNER[name]}; don't pass it with -p")
+        if not any(name in nb.parameters for nb in notebooks):
+            raise ValueError(f"unknown parameter -p {name}: no selected notebook declares it; "
+                             f"allowed: {', '.join(declared) or 'none'}")
+
+
+# --------------------------------------------------------------------------- one notebook
+
+MATHJAX_DIR = "_static/mathjax"
+_MATHJAX_SKIP = ("localization", "a11y", "SVG", "__pycache__")
+_MATHJAX_BLOCK = """
+<script type="text/x-mathjax-config">
+MathJax.Hub.Config({
+  tex2jax: {inlineMath: [['$','$'], ['\\\\(','\\\\)']], displayMath: [['$$','$$'], ['\\\\[','\\\\]']],
+            processEscapes: true, processEnvironments: true},
+  TeX: {equationNumbers: {autoNumber: "AMS", useLabelIds: true}},
+  "HTML-CSS": {availableFonts: [], webFont: "STIX-Web", imageFont: null,
+               linebreaks: {automatic: true}},
+  displayAlign: "center", messageStyle: "none", showMathMenu: false
+});
+</script>
+<script src="{{ resources.mathjax_url }}"></script>
+"""
+
+
+def copy_mathjax(out: Path) -> str | None:
+    """Copy an offline MathJax 2 (from the ``jupyter-server-mathjax`` package, when installed)
+    to ``out/_static/mathjax`` for the notebook HTML exports; ``None`` when unavailable, and
+    the exports then show formulas as TeX source."""
+    import shutil
+
+    try:
+        import jupyter_server_mathjax
+    except ImportError:
+        return None
+    src = Path(jupyter_server_mathjax.__file__).parent / "static"
+    if not (src / "MathJax.js").is_file():
+        return None
+    dst = out / MATHJAX_DIR
+    if not (dst / "MathJax.js").is_file():
+        shutil.copytree(src, dst, dirs_exist_ok=True,
+                        ignore=lambda d, names: [n for n in names if n in _MATHJAX_SKIP])
+    return MATHJAX_DIR
+
+
+def _widget_text(state: dict, model_id: str, depth: int = 0) -> str:
+    """Plain-text rendering of a saved widget (tqdm bars: prefix, bar, suffix)."""
+    import html as _html
+
+    model = state.get(model_id.removeprefix("IPY_MODEL_"), {})
+    name, st = model.get("model_name", ""), model.get("state", {})
+    if depth > 5 or not st:
+        return ""
+    if name in ("HTMLModel", "HTMLMathModel", "LabelModel", "TextModel"):
+        text = re.sub(r"<[^>]+>", "", _html.unescape(str(st.get("value", ""))))
+        return re.sub(r"[\xa0\u2007\u2009]", " ", text).strip()
+    if name in ("FloatProgressModel", "IntProgressModel"):
+        lo, hi, value = st.get("min", 0), st.get("max", 100), st.get("value", 0)
+        frac = min(max((value - lo) / (hi - lo), 0.0), 1.0) if hi != lo else 1.0
+        return "|" + "█" * round(20 * frac) + " " * (20 - round(20 * frac)) + "|"
+    return " ".join(t for c in st.get("children", []) if (t := _widget_text(state, c, depth + 1)))
+
+
+def _unwidget(nb) -> None:
+    """Replace widget outputs with their saved state as text: widgets need JavaScript from a
+    CDN, which an offline page cannot load."""
+    state = nb.metadata.pop("widgets", {}).get(
+        "application/vnd.jupyter.widget-state+json", {}).get("state", {})
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            view = data.pop("application/vnd.jupyter.widget-view+json", None)
+            if view is not None:
+                text = _widget_text(state, view.get("model_id", ""))
+                if text:
+                    data["text/plain"] = text
+
+
+def _offline_html(executed: Path, html_path: Path, mathjax_url: str | None = None) -> None:
+    """Export an executed notebook to standalone HTML that needs no network.
+
+    The lab template without require.js, mermaid and the MathJax CDN (MathJax comes from
+    ``mathjax_url``, a relative path to the run's offline copy, when given); remote
+    ``<script src=...>`` tags inside outputs (plotly adds a MathJax CDN one) are dropped;
+    widgets (tqdm bars) become their final state as text.
+    """
+    import jinja2
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    template = ("{%- extends 'index.html.j2' -%}\n"
+                "{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}\n"
+                "{%- block html_head_js_mathjax -%}{%- if resources.mathjax_url -%}"
+                + _MATHJAX_BLOCK + "{%- endif -%}{%- endblock html_head_js_mathjax -%}\n"
+                "{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}\n")
+    nb = nbformat.read(executed, as_version=4)
+    _unwidget(nb)
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if isinstance(data.get("text/html"), str):
+                data["text/html"] = _REMOTE_SCRIPT.sub("", data["text/html"])
+    exporter = HTMLExporter(template_name="lab", template_file="dmlviz_offline.html.j2",
+                            extra_loaders=[jinja2.DictLoader({"dmlviz_offline.html.j2": template})],
+                            mathjax_url=(f"{mathjax_url}/MathJax.js?config="
+                                         "TeX-AMS-MML_HTMLorMML-full,Safe") if mathjax_url else "")
+    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": executed.stem}})
+    html_path.write_text(body, encoding="utf-8")
+
+
+_NOT_SOURCE = {"injected-parameters", "papermill-error-cell-tag", "dmlviz-stopped"}
+
+
+def _locate(executed: Path, failed: bool) -> tuple[int | None, int | None, int | None]:
+    """Where execution stopped, read from the saved executed copy.
+
+    Returns:
+        ``(index in the executed copy, index in the stored notebook, execution count)``; the
+        cell is the one papermill marked failed, else the last one it started.
+    """
+    import nbformat
+
+    try:
+        nb = nbformat.read(executed, as_version=4)
+    except (OSError, ValueError):
+        return None, None, None
+    pm = [c.metadata.get("papermill", {}) for c in nb.cells]
+    hits = [i for i, m in enumerate(pm) if m.get("status") == "failed" or m.get("exception")] \
+        if failed else []
+    hits = hits or [i for i, m in enumerate(pm) if m.get("start_time")]
+    if not hits:
+        return None, None, None
+    i = hits[-1]
+    source = sum(1 for c in nb.cells[:i] if not _NOT_SOURCE & set(c.metadata.get("tags", [])))
+    return i, source, nb.cells[i].get("execution_count")
+
+
+def _mark_stopped(executed: Path, index: int | None, status: str, error: dict) -> None:
+    """Make a timed-out / dead-kernel executed copy say so (papermill leaves no flag)."""
+    import nbformat
+
+    nb = nbformat.read(executed, as_version=4)
+    if index is not None and nb.cells[index].cell_type == "code":
+        nb.cells[index].outputs.append(nbformat.v4.new_output(
+            "error", ename=error["ename"], evalue=error["evalue"],
+            traceback=[f"{error['ename']}: {error['evalue']} (dmlviz run)"]))
+        nb.cells[index].metadata.setdefault("papermill", {})["status"] = "failed"
+    label = f"In [{error['exec_count']}]" if error.get("exec_count") else f"cell {error['cell']}"
+    banner = nbformat.v4.new_markdown_cell(
+        f'<span style="color:#b42318;font-size:1.6em">dmlviz run: {status.replace("_", " ")} '
+        f"at {label}: {error['ename']}: {error['evalue']}</span>")
+    banner.metadata["tags"] = ["dmlviz-stopped"]
+    nb.cells.insert(0, banner)
+    nb.metadata["dmlviz"] = {"status": status, "error": error}
+    nbformat.write(nb, executed)
+
+
+def execute_one(job: dict) -> dict:
+    """Execute one notebook (runs inside a worker process; its stdout/stderr go to run.log).
+
+    Args:
+        job: ``{"name", "path", "out_dir", "parameters", "timeout", "env"}``.
+
+    Returns:
+        ``{"status", "duration_s", "error", "metrics", "executed", "html", "log", "figures"}``
+        with absolute paths.
+    """
+    out = Path(job["out_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "run.log"
+    log = open(log_path, "w", buffering=1)  # noqa: SIM115 - open for the worker's whole life
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    sys.stdout = sys.stderr = log
+    logging.basicConfig(stream=log, level=logging.INFO, force=True,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    os.environ.update(job["env"])
+
+    import papermill
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
+    executed = out / f"{job['name']}.ipynb"
+    status, error, in_cell = "ok", None, True
+    t0 = time.monotonic()
+    try:
+        papermill.execute_notebook(
+            job["path"], str(executed), parameters=job["parameters"], kernel_name=KERNEL,
+            execution_timeout=job["timeout"], cwd=str(Path(job["path"]).parent),
+            progress_bar=False, log_output=True, request_save_on_cell_execute=True)
+    except papermill.PapermillExecutionError as e:
+        status, ename, evalue = "failed", e.ename, e.evalue
+    except CellTimeoutError:
+        status, ename = "timeout", "CellTimeoutError"
+        evalue = f"the cell ran longer than the {job['timeout']:g} s cell timeout"
+    except DeadKernelError as e:
+        status, ename = "kernel_died", "DeadKernelError"
+        evalue = f"{e or 'the kernel died'} (out of memory, a crash, or os._exit)"
+    except Exception as e:  # kernel missing, unreadable notebook, ...
+        status, ename, evalue, in_cell = "failed", type(e).__name__, str(e), False
+        logging.exception("execution failed outside a cell")
+    duration = time.monotonic() - t0
+    if status != "ok":
+        index, source, count = None, None, None
+        if in_cell and executed.exists():
+            index, source, count = _locate(executed, failed=status == "failed")
+        error = {"cell": source, "exec_count": count, "ename": ename, "evalue": evalue}
+        if status in ("timeout", "kernel_died") and executed.exists():
+            try:
+                _mark_stopped(executed, index, status, error)
+            except Exception:
+                logging.exception("could not annotate %s", executed)
+    html_path = out / f"{job['name']}.html"
+    try:
+        _offline_html(executed, html_path, job.get("mathjax"))
+    except Exception:
+        logging.exception("HTML export of %s failed", executed)
+        html_path = None
+    metrics: dict = {}
+    mpath = out / "metrics.json"
+    if mpath.exists():
+        try:
+            metrics = json.loads(mpath.read_text())
+        except json.JSONDecodeError:
+            logging.exception("unreadable %s", mpath)
+    figures = sorted(str(p) for p in (out / "figures").glob("*")
+                     if p.suffix in (".png", ".svg", ".jpg", ".html"))
+    return {"status": status, "duration_s": round(duration, 2), "error": error, "metrics": metrics,
+            "executed": str(executed) if executed.exists() else None,
+            "html": str(html_path) if html_path else None, "log": str(log_path),
+            "figures": figures}
+
+
+# --------------------------------------------------------------------------- a run
+
+@dataclass
+class RunResult:
+    """What :func:`run` did: the summary dict (as written), where, and the exit code."""
+
+    summary: dict
+    out_dir: Path
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.summary["ok"])
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else 1
+
+
+def _resolve_device(device: str) -> str:
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if device == "cpu":
+        return "cpu"
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but CUDA is not available here; "
+                         "use --device cpu or auto")
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _git_commit(root: Path) -> str | None:
+    try:
+        return subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _clean(out: Path, name: str) -> None:
+    """Remove what an earlier run left for this notebook (only files the runner writes)."""
+    for f in (f"{name}.ipynb", f"{name}.html", "metrics.json", "run.log"):
+        (out / f).unlink(missing_ok=True)
+    for f in (out / "figures").glob("*"):
+        if f.is_file():
+            f.unlink()
+
+
+def run(notebooks: list[str] | tuple[str, ...] = ("all",), *, profile: str = "quick",
+        device: str = "auto", parameters: dict[str, Any] | None = None,
+        out: str | os.PathLike | None = None, jobs: int = 1, timeout: float | None = None,
+        baseline: str | os.PathLike | None = "default", figures: str | os.PathLike | None = None,
+        notebook_dir: str | os.PathLike | None = None, progress: bool = True) -> RunResult:
+    """Execute notebooks, compare their metrics with a baseline and write the report.
+
+    Everything is validated before anything runs: profile, device (``cuda`` without CUDA
+    is refused), notebook names, ``-p`` names, the baseline file.
+
+    Args:
+        notebooks: names for :func:`select`; ``("all",)`` for every notebook.
+        profile: ``quick`` (CI) or ``full`` (course).
+        device: ``auto``, ``cpu`` or ``cuda`` — injected as the ``device`` parameter.
+        parameters: ``-p`` overrides, passed to the notebooks that declare them.
+        out: run directory; default ``reports/<YYYYmmdd-HHMMSS>`` under the project root.
+        jobs: notebooks executed at once (each in its own process).
+        timeout: seconds any single cell may run; default 600 (quick) / 3600 (full).
+        baseline: a baseline file; ``"default"`` = ``tests/baselines/<profile>.json`` when
+            it exists; ``None`` = no comparison.
+        figures: also copy exported figures here (``DMLVIZ_FIGURES_DIR``).
+        notebook_dir: where the notebooks are; default :func:`default_notebook_dir`.
+        progress: show a progress bar over notebooks (stderr).
+
+    Returns:
+        A :class:`RunResult`; ``exit_code`` is 0 only when all succeeded and nothing regressed.
+
+    Raises:
+        ValueError, FileNotFoundError: bad arguments, found before any notebook runs.
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    timeout = DEFAULT_TIMEOUT[profile] if timeout is None else timeout
+    if timeout <= 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout}")
+    available = discover(notebook_dir)
+    chosen = select([notebooks] if isinstance(notebooks, str) else list(notebooks), available)
+    if not chosen:
+        raise ValueError(f"no notebooks to run in {notebook_dir or default_notebook_dir()}")
+    parameters = dict(parameters or {})
+    check_overrides(parameters, chosen)
+    if baseline == "default":
+        default = default_baseline(profile)
+        baseline = default if default.exists() else None
+    base = report.load_baseline(baseline, profile) if baseline is not None else None
+    resolved = _resolve_device(device)
+
+    root = project_root()
+    started = _dt.datetime.now(_dt.timezone.utc)
+    out = Path(out) if out else root / "reports" / started.astimezone().strftime("%Y%m%d-%H%M%S")
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    env = {"PLOTLY_RENDERER": "plotly_mimetype+notebook", "DMLVIZ_OUT_DIR": "",
+           "MPLBACKEND": "module://matplotlib_inline.backend_inline", "JUPYTER_PLATFORM_DIRS": "1",
+           "PYDEVD_DISABLE_FILE_VALIDATION": "1", "TQDM_MININTERVAL": "5"}
+    if figures:
+        env["DMLVIZ_FIGURES_DIR"] = str(Path(figures).resolve())
+    if "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    mathjax = copy_mathjax(out)
+    job_list = []
+    for nb in chosen:
+        nb_out = out / nb.name
+        _clean(nb_out, nb.name)
+        injected = {"quick": profile == "quick", "device": device, "interactive": False,
+                    "out_dir": str(nb_out)}
+        injected.update({k: v for k, v in parameters.items() if k in nb.parameters})
+        job_list.append({"name": nb.name, "path": str(nb.path), "out_dir": str(nb_out),
+                         "parameters": injected, "timeout": timeout,
+                         "mathjax": f"../{mathjax}" if mathjax else None,
+                         "env": {**env, "DMLVIZ_OUT_DIR": str(nb_out)}})
+
+    results = _execute_all(job_list, jobs, progress)
+
+    rel = lambda p: Path(p).relative_to(out).as_posix() if p else None  # noqa: E731
+    nbs = {}
+    for nb, job in zip(chosen, job_list, strict=True):
+        r = results[nb.name]
+        entries = report.baseline_entries(base, nb.name)
+        nbs[nb.name] = {
+            "status": r["status"], "duration_s": r["duration_s"], "error": r["error"],
+            "metrics": r["metrics"], "regressions": report.find_regressions(r["metrics"], entries),
+            "title": nb.title, "parameters": job["parameters"],
+            "executed": rel(r["executed"]), "html": rel(r["html"]), "log": rel(r["log"]),
+            "figures": [rel(f) for f in r["figures"]]}
+    finished = _dt.datetime.now(_dt.timezone.utc)
+    ok = all(v["status"] == "ok" and not v["regressions"] for v in nbs.values())
+    try:
+        base_name = str(Path(baseline).resolve().relative_to(root)) if baseline else None
+    except ValueError:
+        base_name = str(baseline)
+    from dmlviz import __version__
+
+    summary = {
+        "schema": 1, "profile": profile, "device": device, "device_resolved": resolved,
+        "started": started.isoformat(timespec="seconds"),
+        "finished": finished.isoformat(timespec="seconds"),
+        "duration_s": round((finished - started).total_seconds(), 2), "ok": ok,
+        "baseline": base_name, "jobs": jobs, "timeout_s": timeout, "parameters": parameters,
+        "environment": {"python": platform.python_version(), "platform": platform.platform(),
+                        "cpu_count": os.cpu_count(), "dmlviz": __version__,
+                        "git_commit": _git_commit(root)},
+        "notebooks": nbs}
+    write_report(summary, out, base)
+    return RunResult(summary, out)
+
+
+def write_report(summary: dict, out: Path, baseline: dict | None = None) -> None:
+    """Write ``summary.json``, ``summary.md`` and ``index.html`` into ``out``."""
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    (out / "summary.md").write_text(report.summary_markdown(summary, baseline))
+    (out / "index.html").write_text(report.render_index(summary, baseline), encoding="utf-8")
+
+
+def _execute_all(job_list: list[dict], jobs: int, progress: bool) -> dict[str, dict]:
+    """Run the jobs, a fresh process per notebook, with a progress bar over notebooks."""
+    from tqdm.auto import tqdm
+
+    results: dict[str, dict] = {}
+    ctx = multiprocessing.get_context("spawn")
+    bar = tqdm(total=len(job_list), desc="notebooks", unit="nb", file=sys.stderr,
+               disable=not progress, dynamic_ncols=True)
+    with cf.ProcessPoolExecutor(max_workers=min(jobs, len(job_list)), mp_context=ctx,
+                                max_tasks_per_child=1) as pool:
+        futures = {pool.submit(execute_one, job): job for job in job_list}
+        bar.set_postfix_str(", ".join(j["name"] for j in job_list[:jobs]))
+        try:
+            for fut in cf.as_completed(futures):
+                job = futures[fut]
+                try:
+                    r = fut.result()
+                except Exception as e:  # noqa: BLE001 - the worker itself died: that nb's status
+                    r = {"status": "kernel_died" if isinstance(e, cf.process.BrokenProcessPool)
+                         else "failed", "duration_s": None,
+                         "error": {"cell": None, "exec_count": None, "ename": type(e).__name__,
+                                   "evalue": str(e)}, "metrics": {}, "executed": None,
+                         "html": None, "log": None, "figures": []}
+                results[job["name"]] = r
+                mark = "✓" if r["status"] == "ok" else "✗"
+                where = f" (cell {r['error']['cell']}: {r['error']['ename']})" if r["error"] else ""
+                if progress:
+                    bar.write(f"{mark} {job['name']}: {r['status']}{where} "
+                              f"{report.fmt_duration(r['duration_s'])}", file=sys.stderr)
+                bar.update(1)
+        except KeyboardInterrupt:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+    bar.close()
+    return results

@@ -1,0 +1,51 @@
+"""Every notebook in notebooks/ runs in the quick profile and meets tests/baselines/quick.json.
+
+One test per notebook, discovered at collection time, marked ``notebook`` (about a minute each
+on 2 CPU cores; deselect with ``-m "not notebook"``). The ``cuda`` twins are also marked
+``gpu``: without CUDA they are skipped with the reason; with it they run on the GPU (the
+``device="cuda"`` parameter makes ``dmlviz.get_device`` raise rather than fall back to CPU).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dmlviz import report, runner
+
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOK_DIR = ROOT / "notebooks"
+BASELINE = ROOT / "tests" / "baselines" / "quick.json"
+NAMES = sorted(p.stem for p in NOTEBOOK_DIR.glob("*.ipynb") if not p.name.startswith((".", "_")))
+
+
+def run_and_check(name: str, device: str, tmp_path: Path) -> dict:
+    entries = report.baseline_entries(report.load_baseline(BASELINE, "quick"), name)
+    assert entries, (f"tests/baselines/quick.json has no entries for {name}: run `dmlviz run "
+                     f"{name} --profile quick`, then `dmlviz baseline reports/<that run>` and "
+                     "replace the DEFAULT tolerances with measured ones")
+    result = runner.run([name], profile="quick", device=device, out=tmp_path / "run",
+                        baseline=BASELINE, notebook_dir=NOTEBOOK_DIR, progress=False)
+    nb = result.summary["notebooks"][name]
+    where = f"see {result.out_dir / (nb['html'] or '')} and {result.out_dir / (nb['log'] or '')}"
+    assert nb["status"] == "ok", f"{name}: {nb['status']}: {nb['error']}; {where}"
+    assert not nb["regressions"], f"{name} regressed:\n" + "\n".join(
+        f"  {r['metric']}: {r['reason']}" for r in nb["regressions"]) + f"\n{where}"
+    return result.summary
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_quick_cpu(name, tmp_path):
+    summary = run_and_check(name, "cpu", tmp_path)
+    assert summary["device_resolved"] == "cpu"
+
+
+@pytest.mark.gpu
+@pytest.mark.notebook
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_quick_cuda(name, tmp_path):
+    summary = run_and_check(name, "cuda", tmp_path)
+    assert summary["device_resolved"] == "cuda"
+    assert summary["notebooks"][name]["parameters"]["device"] == "cuda"

@@ -1,0 +1,57 @@
+"""Stored notebooks follow the notebook contract (DESIGN.md): no outputs, no execution
+counts, one ``parameters`` cell with the contract's knobs, kernelspec ``python3``, a markdown
+title first. Cheap: reads the files only."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import nbformat
+import pytest
+
+NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+PATHS = sorted(p for p in NOTEBOOK_DIR.glob("*.ipynb") if not p.name.startswith((".", "_")))
+CONTRACT = ("quick", "seed", "device", "interactive", "out_dir")
+
+
+@pytest.fixture(params=PATHS, ids=lambda p: p.stem)
+def nb(request):
+    notebook = nbformat.read(request.param, as_version=4)
+    nbformat.validate(notebook)
+    return notebook
+
+
+def test_stored_without_outputs_or_execution_counts(nb):
+    dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"
+             and (c.get("outputs") or c.get("execution_count") is not None)]
+    assert not dirty, f"cells {dirty} have outputs or execution counts; clear them before committing"
+    assert "papermill" not in nb.metadata, "this is an executed copy, not the source notebook"
+
+
+def test_one_parameters_cell_with_the_contract_knobs(nb):
+    cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(cells) == 1, f"{len(cells)} cells are tagged 'parameters'; exactly one must be"
+    assert cells[0].cell_type == "code"
+    assigned = {}
+    for node in ast.parse(cells[0].source).body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for t in targets:
+                if isinstance(t, ast.Name):
+                    assigned[t.id] = node.value
+    missing = [k for k in CONTRACT if k not in assigned]
+    assert not missing, f"the parameters cell lacks {missing}"
+    assert isinstance(ast.literal_eval(assigned["quick"]), bool)
+    assert ast.literal_eval(assigned["device"]) in ("auto", "cpu", "cuda")
+    assert isinstance(ast.literal_eval(assigned["interactive"]), bool)
+
+
+def test_kernelspec_python3(nb):
+    assert nb.metadata.get("kernelspec", {}).get("name") == "python3"
+
+
+def test_markdown_title_first(nb):
+    first = nb.cells[0]
+    assert first.cell_type == "markdown" and first.source.startswith("# "), \
+        "the first cell must be a markdown title '# ...'"
