@@ -168,7 +168,8 @@ def fit(
     device = get_device(device)
     sampler = PKSampler(labels, p=p, k=k, seed=seed)  # validates p and k
 
-    config = dict(model=type(model).__name__, loss=type(loss).__name__, epochs=epochs, p=p, k=k,
+    # repr() carries hyper-parameters that are not in the state dict (MS alpha, hybrid weight…)
+    config = dict(model=repr(model), loss=repr(loss), epochs=epochs, p=p, k=k,
                   lr=lr, loss_lr=loss_lr, weight_decay=weight_decay, eval_every=eval_every,
                   seed=seed, test=test_labels is not None, version=1)
     key = digest(config, model.state_dict(), loss.state_dict(), inputs, labels,

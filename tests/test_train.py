@@ -130,3 +130,10 @@ def test_fit_bad_tuple_inputs(inputs, match):
     x, y = _blobs()
     with pytest.raises(ValueError, match=match):
         fit(_model(), MultiSimilarityLoss(), inputs(x), y, progress=False)
+
+
+def test_cache_key_includes_hyper_parameters_outside_the_state_dict():
+    x, y = _blobs()
+    fit(_model(), MultiSimilarityLoss(alpha=2.0), x, y, epochs=1, p=4, k=4, progress=False)
+    other = fit(_model(), MultiSimilarityLoss(alpha=3.0), x, y, epochs=1, p=4, k=4, progress=False)
+    assert not other.from_cache
