@@ -578,6 +578,8 @@ def render_index(summary: dict, baseline: dict | None = None) -> str:
 def _delta(old, new) -> str:
     if _is_number(old) and _is_number(new):
         d = new - old
+        if d == 0:
+            return "0"
         rel = f" ({d / abs(old):+.1%})" if old else ""
         return f"{d:+.4g}{rel}"
     return "" if _same(old, new) else "changed"
@@ -603,7 +605,8 @@ def compare_runs(old_dir: str | os.PathLike, new_dir: str | os.PathLike) -> tupl
         o, w = on.get(n, {}), nn.get(n, {})
         so, sn = o.get("status", "absent"), w.get("status", "absent")
         do, dn = o.get("duration_s"), w.get("duration_s")
-        dd = _delta(do, dn) if do is not None and dn is not None else ""
+        dd = (f"{dn - do:+.1f} s" + (f" ({(dn - do) / do:+.0%})" if do else "")
+              if do is not None and dn is not None else "")
         md.append(f"| {n} | {so} → {sn} | {fmt_duration(do)} → {fmt_duration(dn)} | {dd} |")
         rows_h.append(f"<tr><td>{_e(n)}</td><td>{_badge(so)} → {_badge(sn)}</td><td class=num>"
                       f"{_e(fmt_duration(do))} → {_e(fmt_duration(dn))}</td><td class=num>{_e(dd)}"

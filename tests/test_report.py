@@ -110,7 +110,7 @@ def test_report_compares_two_runs(tmp_path, capsys):
     md = capsys.readouterr().out
     assert "| 00_x | `r@1` | 0.6 | 0.66 | +0.06 (+10.0%) |" in md
     assert "| 00_x | `gone` | 1 | missing | — |" in md
-    assert "1 min 40 s → 1 min 20 s" in md and "-20 (-20.0%)" in md
+    assert "1 min 40 s → 1 min 20 s" in md and "-20.0 s (-20%)" in md
     page = (new / "compare-old.html").read_text()
     assert "r@1" in page and 'class="reg"' in page
 
