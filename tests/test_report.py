@@ -156,7 +156,7 @@ def _spread(png: Path) -> float:
 
 
 @pytest.mark.browser
-def test_report_and_notebook_html_render_offline_in_chromium(ok_run, chromium, tmp_path):
+def test_report_and_notebook_html_render_offline_in_chromium(chromium, ok_run, tmp_path):
     from playwright.sync_api import sync_playwright
 
     out = ok_run.out_dir
