@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 PROFILE ?= quick
 DEVICE  ?= auto
 
-.PHONY: setup test report lint clean
+.PHONY: setup browser test test-fast report lint clean
 
 setup: $(STAMP)
 
@@ -20,8 +20,23 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (dmlviz)" >/dev/null
 	touch $(STAMP)
 
-test: setup
+# The report's browser test drives Debian's Chromium (never a downloaded browser). As root
+# (CI) it is installed here; otherwise install it yourself or pass PYTEST_ARGS=--skip-browser.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	  else \
+	    echo "Chromium is missing: 'sudo apt-get install chromium', or skip the browser tests" \
+	         "explicitly with: make test PYTEST_ARGS=--skip-browser"; \
+	  fi; }
+
+test: setup browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# everything but the notebook executions (fast iteration)
+test-fast: setup
+	$(BIN)/python -m pytest -m "not notebook" $(PYTEST_ARGS)
 
 report: setup
 	$(BIN)/dmlviz run all --profile $(PROFILE) --device $(DEVICE) --figures figures
