@@ -1,0 +1,307 @@
+"""Tests for dmlviz.attention.second_order (SOA, the global + local embedder, the recipe)
+and the figures of dmlviz.viz.soa_maps."""
+
+import math
+
+import matplotlib
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dmlviz.attention.second_order import (
+    GlobalLocalEmbedder,
+    SecondOrderAttention,
+    fit_global_local,
+    gap_gmp,
+    local_global_maps,
+    make_loss,
+    object_attention_mass,
+    object_fraction,
+    second_order_attention,
+    space_to_depth,
+)
+from dmlviz.losses import HybridLoss, MultiSimilarityLoss, ProxyAnchorLoss
+
+matplotlib.use("Agg")
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DMLVIZ_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def _randomise_phi(soa: SecondOrderAttention, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        soa.phi.weight.copy_(torch.randn(soa.phi.weight.shape, generator=g) * 0.3)
+        soa.phi.bias.copy_(torch.randn(soa.phi.bias.shape, generator=g))
+
+
+# ----------------------------------------------------------------------------- functional core
+
+def test_second_order_attention_matches_a_slow_loop():
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 3, 5, generator=g), torch.randn(2, 3, 5, generator=g)
+    v = torch.randn(2, 4, 5, generator=g)
+    zeta = 0.7
+    out, a = second_order_attention(q, k, v, zeta)
+    for b in range(2):
+        for i in range(5):
+            logits = [zeta * float(q[b, :, i] @ k[b, :, j]) for j in range(5)]  # eq. (1)
+            z = sum(math.exp(x) for x in logits)
+            for j in range(5):
+                assert a[b, i, j].item() == pytest.approx(math.exp(logits[j]) / z, rel=1e-5)
+            expected = sum(a[b, i, j] * v[b, :, j] for j in range(5))  # Σ_j a_ij v_j
+            assert torch.allclose(out[b, :, i], expected, atol=1e-6)
+    assert torch.allclose(a.sum(-1), torch.ones(2, 5))
+
+
+def test_zeta_zero_is_uniform_attention():
+    q, k, v = torch.randn(1, 3, 6), torch.randn(1, 3, 6), torch.randn(1, 2, 6)
+    out, a = second_order_attention(q, k, v, zeta=0.0)
+    assert torch.allclose(a, torch.full((1, 6, 6), 1 / 6))
+    assert torch.allclose(out, v.mean(-1, keepdim=True).expand_as(v), atol=1e-6)
+
+
+def test_gap_gmp_on_a_hand_made_map():
+    x = torch.tensor([[[[1.0, 2.0], [3.0, 6.0]], [[-1.0, -1.0], [-1.0, -5.0]]]])  # (1, 2, 2, 2)
+    assert torch.equal(gap_gmp(x), torch.tensor([[3.0 + 6.0, -2.0 + -1.0]]))  # eq. (4)
+
+
+def test_space_to_depth_formula():
+    x = torch.randn(2, 3, 4, 6)
+    y = space_to_depth(x, 2)
+    assert y.shape == (2, 12, 2, 3)
+    for c in range(3):
+        for i in range(2):
+            for j in range(2):
+                assert torch.equal(y[:, c * 4 + i * 2 + j], x[:, c, i::2, j::2])
+    with pytest.raises(ValueError, match="divisible by block"):
+        space_to_depth(torch.randn(1, 3, 5, 4))
+
+
+# ----------------------------------------------------------------------------- SOA module
+
+def test_soa_module_is_eq_2_as_written():
+    torch.manual_seed(0)
+    soa = SecondOrderAttention(6, reduced=3, zeta=0.5)
+    _randomise_phi(soa)
+    x = torch.randn(2, 6, 3, 4)
+    y, a = soa(x, return_maps=True)
+    q, k, v = (conv.weight[:, :, 0, 0] @ x.flatten(2) + conv.bias[:, None]
+               for conv in (soa.query, soa.key, soa.value))  # 1×1 convs as matrices
+    a_ref = torch.softmax(0.5 * q.transpose(1, 2) @ k, dim=-1)  # eq. (1)
+    gathered = v @ a_ref.transpose(1, 2)  # (B, C', N)
+    y_ref = x.flatten(2) + soa.phi.weight[:, :, 0, 0] @ gathered + soa.phi.bias[:, None]  # eq. (2)
+    assert a.shape == (2, 12, 12)
+    assert torch.allclose(a, a_ref, atol=1e-6)
+    assert torch.allclose(y.flatten(2), y_ref, atol=1e-5)
+
+
+def test_soa_starts_as_the_identity_and_learns_away_from_it():
+    torch.manual_seed(0)
+    soa = SecondOrderAttention(8)
+    x = torch.randn(3, 8, 4, 4)
+    assert torch.equal(soa(x), x)  # φ zero-initialised: f_soa = f
+    assert soa.reduced == 4
+    soa(x).pow(2).sum().backward()
+    assert soa.phi.weight.grad.abs().sum() > 0  # φ gets a gradient, so it moves
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"channels": 0}, "channels"), ({"channels": 4, "reduced": 0}, "reduced"),
+    ({"channels": 4, "zeta": -1.0}, "zeta"), ({"channels": 4, "zeta": float("nan")}, "zeta"),
+])
+def test_soa_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SecondOrderAttention(**kwargs)
+
+
+def test_soa_bad_input():
+    soa = SecondOrderAttention(4)
+    with pytest.raises(ValueError, match="C = 4 channels"):
+        soa(torch.randn(1, 5, 2, 2))
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        soa(torch.randn(4, 2, 2))
+
+
+# ----------------------------------------------------------------------------- embedder
+
+def _maps(b=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, 5, 4, 4, generator=g), torch.randn(b, 7, 2, 2, generator=g)
+
+
+def test_embedder_matches_a_hand_computation():
+    torch.manual_seed(0)
+    model = GlobalLocalEmbedder(5, 7, 6, zeta=0.3)
+    for head in model.heads.values():
+        _randomise_phi(head)
+    local, glob = _maps()
+    e, maps = model(local, glob, return_maps=True)
+    parts = [model.linears[n](gap_gmp(model.heads[n](x))) for n, x in (("local", local), ("global", glob))]
+    expected = F.normalize(torch.cat(parts, 1), dim=1)
+    assert e.shape == (3, 6) and torch.allclose(e, expected, atol=1e-6)
+    assert torch.allclose(e.norm(dim=1), torch.ones(3))
+    assert maps["local"].shape == (3, 16, 16) and maps["global"].shape == (3, 4, 4)
+    raw = GlobalLocalEmbedder(5, 7, 6, normalize=False)
+    assert not torch.allclose(raw(local, glob).norm(dim=1), torch.ones(3))
+
+
+@pytest.mark.parametrize("kwargs, n_params_heads", [
+    ({"branches": "local"}, 1), ({"branches": "global"}, 1), ({"soa": False}, 0),
+])
+def test_embedder_ablations(kwargs, n_params_heads):
+    model = GlobalLocalEmbedder(5, 7, 6, **kwargs)
+    local, glob = _maps()
+    e, maps = model(local, glob, return_maps=True)
+    assert e.shape == (3, 6)
+    assert len(maps) == n_params_heads
+    assert len(model.linears) == (1 if "branches" in kwargs else 2)
+
+
+def test_single_head_path():
+    torch.manual_seed(0)
+    model = GlobalLocalEmbedder(5, 7, 9, single_head=True)  # odd D is fine with one head
+    _randomise_phi(model.heads["single"])
+    local, glob = _maps()
+    e, maps = model(local, glob, return_maps=True)
+    stacked = torch.cat([space_to_depth(local), glob], dim=1)  # (B, 4·5 + 7, 2, 2)
+    expected = F.normalize(model.linears["single"](gap_gmp(model.heads["single"](stacked))), dim=1)
+    assert e.shape == (3, 9) and torch.allclose(e, expected, atol=1e-6)
+    assert maps["single"].shape == (3, 4, 4)
+    assert model.heads["single"].channels == 27
+
+
+@pytest.mark.parametrize("build, call, match", [
+    (dict(embedding_dim=7), None, "even"),
+    (dict(branches="middle"), None, "branches must be one of"),
+    (dict(single_head=True, branches="local"), None, "single_head"),
+    ({}, lambda lo, gl: (lo, gl[:2]), "same batch size"),
+    ({}, lambda lo, gl: (lo[:, :4], gl), "local_map must have C = 5"),
+    ({}, lambda lo, gl: (lo, gl.flatten(2)), r"global_map must be a float feature map"),
+    (dict(single_head=True), lambda lo, gl: (lo[:, :, :3, :3], gl), "twice the size"),
+])
+def test_embedder_bad_inputs(build, call, match):
+    kwargs = {k: v for k, v in build.items() if k != "embedding_dim"}
+    with pytest.raises(ValueError, match=match):
+        model = GlobalLocalEmbedder(5, 7, build.get("embedding_dim", 6), **kwargs)
+        model(*call(*_maps()))
+
+
+# ----------------------------------------------------------------------------- losses and recipe
+
+def test_hybrid_loss_is_ms_plus_weighted_proxy_anchor():
+    torch.manual_seed(0)
+    e, y = torch.randn(16, 8), torch.arange(4).repeat_interleave(4)
+    hybrid = make_loss("hybrid", 4, 8, weight=0.03)
+    assert isinstance(hybrid, HybridLoss)
+    ms, pa = MultiSimilarityLoss(), ProxyAnchorLoss(4, 8)
+    pa.load_state_dict(hybrid.proxy.state_dict())
+    assert torch.allclose(hybrid(e, y), ms(e, y) + 0.03 * pa(e, y), atol=1e-6)  # eq. (7)
+    assert isinstance(make_loss("ms", 4, 8), MultiSimilarityLoss)
+    assert isinstance(make_loss("proxy_anchor", 4, 8), ProxyAnchorLoss)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        make_loss("triplet", 4, 8)
+
+
+def test_fit_global_local_same_seed_same_start_and_reproducible():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(8).repeat_interleave(6)
+    centres = torch.randn(8, 5, 1, 1, generator=g)
+    local = centres[labels].expand(-1, -1, 4, 4) + 0.5 * torch.randn(48, 5, 4, 4, generator=g)
+    glob = torch.randn(48, 7, 2, 2, generator=g)
+    train, test = labels < 4, labels >= 4
+    kw = dict(epochs=2, p=2, k=4, device="cpu")
+    args = ((local[train], glob[train]), labels[train], (local[test], glob[test]), labels[test])
+    _, h1 = fit_global_local(*args, loss="hybrid", seed=3, **kw)
+    _, h2 = fit_global_local(*args, loss="hybrid", seed=3, **kw)
+    assert h2.from_cache and h1.metrics["recall@1"] == h2.metrics["recall@1"]
+    assert len(h1.metrics["recall@1"]) == 3  # before training + 2 epochs
+    _, h_ms = fit_global_local(*args, loss="ms", seed=3, **kw)
+    assert h_ms.metrics["recall@1"][0] == h1.metrics["recall@1"][0]  # same initial model
+    with pytest.raises(ValueError, match="pair"):
+        fit_global_local(local, labels, (local, glob), labels)
+
+
+# ----------------------------------------------------------------------------- object masks
+
+def test_object_fraction_and_mass_by_hand():
+    masks = torch.zeros(1, 4, 4, dtype=torch.bool)
+    masks[0, :2, :2] = True  # the object fills the top-left cell of a 2×2 grid
+    frac = object_fraction(masks, 2)
+    assert torch.equal(frac, torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
+    uniform = torch.full((1, 4, 4), 0.25)
+    s = object_attention_mass(uniform, frac)
+    assert s["background_to_object"] == pytest.approx(0.25) == s["background_chance"]
+    assert s["background_queries"] == 3 and s["object_queries"] == 1
+    on_object = torch.zeros(1, 4, 4)
+    on_object[0, :, 0] = 1.0  # every query attends to the object cell
+    assert object_attention_mass(on_object, frac)["background_to_object"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="fraction must be"):
+        object_attention_mass(uniform, frac[:, :3])
+
+
+# ----------------------------------------------------------------------------- features
+
+def test_local_global_maps_equal_the_backbone_taps():
+    from dmlviz.backbones import efficientnet_lite0
+
+    torch.manual_seed(0)
+    backbone = efficientnet_lite0(pretrained=False)
+    x = torch.randn(2, 3, 64, 64)
+    local, glob = local_global_maps(backbone, x, progress=False)
+    with torch.no_grad():
+        ref = backbone.feature_maps(x, (16, 32))
+    assert torch.allclose(local, ref[16], atol=1e-5) and torch.allclose(glob, ref[32], atol=1e-4)
+    assert not any(m.training for m in backbone.modules())  # modes left as they were
+    again = local_global_maps(backbone, x, progress=False)  # from the cache
+    assert torch.equal(again[1], glob)
+    with pytest.raises(ValueError, match="EfficientNetLite0"):
+        local_global_maps(torch.nn.Identity(), x)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_embedder_on_gpu_matches_cpu():
+    torch.manual_seed(0)
+    model = GlobalLocalEmbedder(5, 7, 6, zeta=0.3)
+    for head in model.heads.values():
+        _randomise_phi(head)
+    local, glob = _maps()
+    cpu = model(local, glob)
+    gpu = model.cuda()(local.cuda(), glob.cuda()).cpu()
+    assert torch.allclose(cpu, gpu, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- figures
+
+def test_soa_figures():
+    from dmlviz.train import History
+    from dmlviz.viz.soa_maps import (
+        pick_points,
+        plot_attention_points,
+        plot_convergence,
+        plot_object_mass,
+    )
+
+    frac = torch.zeros(4, 4)
+    frac[1:3, 1:3] = 1.0
+    points, kinds = pick_points(frac.flatten(), (4, 4))
+    assert kinds == ["object", "object", "background", "background"]
+    assert all(frac[r, c] == 1 for r, c in points[:2]) and all(frac[r, c] == 0 for r, c in points[2:])
+    assert points[2] != points[3]
+    attn = torch.softmax(torch.randn(16, 16), -1)
+    fig = plot_attention_points(torch.rand(3, 32, 32), attn, (4, 4), points, kinds,
+                                mask=torch.zeros(32, 32, dtype=torch.bool))
+    assert len(fig.axes) == 5
+    with pytest.raises(ValueError, match="attention must be"):
+        plot_attention_points(torch.rand(3, 32, 32), attn[:4], (4, 4), points)
+    with pytest.raises(ValueError, match="outside"):
+        plot_attention_points(torch.rand(3, 32, 32), attn, (4, 4), [(4, 0)])
+    h = History(eval_epochs=[0, 1], metrics={"recall@1": [0.2, 0.5]})
+    assert plot_convergence({"ms": [h, h]}).axes
+    stats = object_attention_mass(torch.full((1, 4, 4), 0.25), torch.tensor([[1.0, 0, 0, 0]]))
+    stats["object_to_object"] = stats["object_chance"] = 0.25
+    assert plot_object_mass({"trained": stats}).axes
+    matplotlib.pyplot.close("all")
