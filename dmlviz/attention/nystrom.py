@@ -1,0 +1,739 @@
+"""Nyström / skeleton (CUR) low-rank approximation: matrix level and attention level.
+
+Chen, Gong, Ge & Du, "Compressed Self-Attention for Deep Metric Learning with Low-Rank
+Approximation" (CSALR), IJCAI-20: section 3.1, eqs. (3)–(9) (the matrix-level claim and its
+eigen-system derivation) and section 3.2, eqs. (10)–(16) (the attention-level version).
+
+**Matrix level** (eq. 9). From ``m`` sampled rows ``I`` and columns ``J`` of ``A`` (the paper
+uses ``I = J``)::
+
+    Â = A[:, J] · A[I, J]⁻¹ · A[I, :]  = A_nm A_mm⁻¹ A_mn                              (9)
+
+The paper derives (9) from the eigen-system of ``A`` through several "≈" steps
+(:func:`derivation_gaps` measures each). The rigorous statement needs none of them. Permute
+``I`` first and write ``A = [[A_mm, A_mr], [A_rm, A_rr]]``; the block LDU factorisation::
+
+    A = [[I, 0], [A_rm A_mm⁻¹, I]] · [[A_mm, 0], [0, S]] · [[I, A_mm⁻¹ A_mr], [0, I]]
+    S = A_rr − A_rm A_mm⁻¹ A_mr                       (Schur complement of A_mm in A)
+
+holds for **any** square ``A`` with ``A_mm`` invertible (no symmetry, no PSD), and ``Â`` is
+the same product with ``S`` replaced by 0. Hence (i) ``Â`` reproduces the sampled rows and
+columns exactly, (ii) ``A − Â = [[0, 0], [0, S]]`` — the error *is* the Schur complement
+(:func:`schur_residual`), and (iii) ``rank A = m + rank S``, so ``Â = A`` iff
+``rank A = rank A_mm = m``. ``rank Â ≤ m``, so no choice of landmarks beats the truncated SVD
+(Eckart–Young, :func:`best_rank`, :func:`svd_bound`).
+
+**Attention level** (eqs. 10–16, our reading of the issue's summary). Queries and keys
+``q, k`` of shape ``(B, N, C)`` are average-pooled over ``M`` disjoint patches into *virtual*
+landmarks ``q̃, k̃`` of shape ``(B, M, C)`` (not rows of any matrix; pooling commutes with the
+1×1 convolutions that make ``q`` and ``k``, so pooling ``q`` equals projecting pooled
+features). Three blocks, each normalised **separately** (``s`` = ``scale``)::
+
+    A_nm = softmax_M(s q k̃ᵀ)    A_mm = softmax_M(s q̃ k̃ᵀ)    A_mn = softmax_N(s q̃ kᵀ)
+    W = A_nm A_mm⁻¹   (N×M)      B = A_mn   (M×N)            out = W (B v)           (10–14)
+
+The exact map is ``A = softmax_N(s q kᵀ)`` (:func:`softmax_attention`). The indicator variant
+(eqs. 15–16) adds ``1(same pooling patch)``. **Our reading** (``indicator_at="affinity"``,
+the default): it is added to the *normalised* blocks, ``A_nm + Pᵀ``, ``A_mm + I``,
+``A_mn + P`` with ``P[j, p] = 1`` iff position ``p`` lies in patch ``j``. Then ``A_mm + I``
+is strictly diagonally dominant (row-stochastic with a positive diagonal, plus ``I``), hence
+invertible by Gershgorin, and ``W B`` is the Nyström approximation of ``A + PᵀP`` — the
+attention *plus* a block-diagonal sum over each position's own patch, a different target
+from ``A``. The alternative reading (``indicator_at="logit"``) adds the indicator inside the
+softmaxes; the blocks stay row-stochastic and no invertibility guarantee follows.
+
+Interpretations (no copy of the paper was at hand; where its text leaves a choice open we
+made the usual one and say so): no temperature in the softmaxes unless ``scale`` is given
+(the paper writes ``softmax(QKᵀ)``); patches are the disjoint cells of an ``mh × mw`` grid
+(sizes differ by at most one position when the map does not divide evenly); ``q`` and ``k``
+have the same ``N`` (self-attention). The per-line equation numbers inside (10)–(14) are not
+claimed; (15)–(16) are the indicator lines.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+
+from dmlviz.checks import check_int
+
+INVERSES = ("solve", "pinv", "iterative")
+STRATEGIES = ("random", "even", "kmeans", "kmeans++")
+POOLS = ("avg", "max")
+INDICATOR_AT = ("affinity", "logit")
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _check_matrix(a, name: str = "A", square: bool = False, why: str = "") -> torch.Tensor:
+    if not isinstance(a, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(a).__name__}")
+    if a.ndim != 2 or not a.is_floating_point():
+        raise ValueError(f"{name} must be a 2-D floating-point matrix, got shape "
+                         f"{tuple(a.shape)} and dtype {a.dtype}")
+    if square and a.shape[0] != a.shape[1]:
+        raise ValueError(f"{name} must be square{why}, got shape {tuple(a.shape)}")
+    return a
+
+
+def _check_indices(idx, n: int, name: str, device) -> torch.Tensor:
+    t = torch.as_tensor(idx, device=device)
+    if t.ndim != 1 or t.is_floating_point() or t.dtype == torch.bool:
+        raise ValueError(f"{name} must be a 1-D sequence of integer indices, got "
+                         f"shape {tuple(t.shape)} and dtype {t.dtype}")
+    if len(t) == 0:
+        raise ValueError(f"{name} is empty: need at least one landmark")
+    if len(t) > n:
+        raise ValueError(f"{name} has {len(t)} indices but the matrix has only {n} "
+                         f"along that side: m must be <= {n}")
+    if int(t.min()) < 0 or int(t.max()) >= n:
+        raise ValueError(f"{name} must lie in [0, {n - 1}], got values from "
+                         f"{int(t.min())} to {int(t.max())}")
+    if len(torch.unique(t)) != len(t):
+        dup = sorted({int(v) for v in t.tolist() if (t == v).sum() > 1})
+        raise ValueError(f"{name} has duplicate indices {dup[:10]}: a repeated landmark makes "
+                         "A_mm singular; pass distinct indices")
+    return t.long()
+
+
+def _check_inverse(inverse: str, iterations: int) -> None:
+    if inverse not in INVERSES:
+        raise ValueError(f"inverse must be one of {INVERSES}, got {inverse!r}")
+    check_int(iterations, "iterations", 1)
+
+
+# ----------------------------------------------------------------------------- inverses
+
+
+def pinv_iterative(a: torch.Tensor, iterations: int = 6) -> torch.Tensor:
+    """Moore–Penrose pseudo-inverse by the iteration of Nyströmformer (Xiong et al., AAAI 2021).
+
+    ``Z₀ = aᵀ / (‖a‖₁ ‖a‖_∞)``, ``Z ← ¼ Z (13I − aZ (15I − aZ (7I − aZ)))``. ``aZ`` stays a
+    polynomial in ``a aᵀ``; each of its eigenvalues, ``x = σ² / (‖a‖₁ ‖a‖_∞) ∈ (0, 1]`` at the
+    start (σ a singular value of ``a``), moves to ``f(x)`` with ``1 − f(x) = ¼ (1 − x)³ (4 − x)``:
+    cubic convergence near 1, but a small ``x`` only grows ×3.25 per step, so a core with
+    condition number κ needs about ``2 log κ / log 3.25`` iterations. The default 6 (the
+    Nyströmformer setting) therefore inverts only well-conditioned matrices; on an
+    ill-conditioned one it acts as a regulariser. On a rank-deficient matrix the rounding
+    noise in the null space grows ×3.25 per step too: the error is smallest after a moderate
+    number of steps and then grows without bound (past ~30 steps in float64 in the tests).
+    Nyströmformer scales ``Z₀`` by the maximum over the batch and omits the absolute values,
+    which changes nothing for softmax blocks.
+
+    Args:
+        a: ``(…, M, M')`` matrices.
+        iterations: number of update steps (≥ 1).
+
+    Returns:
+        ``(…, M', M)`` approximate pseudo-inverses.
+    """
+    if not isinstance(a, torch.Tensor) or a.ndim < 2 or not a.is_floating_point():
+        raise ValueError("a must be a floating-point tensor of shape (..., M, M'), got "
+                         f"{getattr(a, 'shape', type(a).__name__)}")
+    check_int(iterations, "iterations", 1)
+    norm1 = a.abs().sum(-2).amax(-1)  # ‖a‖₁: largest column sum, (…,)
+    norm_inf = a.abs().sum(-1).amax(-1)  # ‖a‖_∞: largest row sum, (…,)
+    z = a.transpose(-1, -2) / (norm1 * norm_inf).clamp_min(torch.finfo(a.dtype).tiny)[..., None, None]
+    eye = torch.eye(a.shape[-2], dtype=a.dtype, device=a.device)
+    for _ in range(iterations):
+        az = a @ z  # (…, M, M)
+        z = 0.25 * z @ (13 * eye - az @ (15 * eye - az @ (7 * eye - az)))
+    return z
+
+
+def _times_inverse(x: torch.Tensor, core: torch.Tensor, inverse: str, iterations: int,
+                   name: str = "A_mm", check: bool = True) -> torch.Tensor:
+    """``x @ core⁻¹`` (or the pseudo-inverse): ``(…, N, M) @ (…, M, M)⁻¹``; with ``check`` a
+    singular core makes ``inverse="solve"`` raise instead of returning inf/garbage."""
+    if inverse == "pinv":
+        return x @ torch.linalg.pinv(core)
+    if inverse == "iterative":
+        return x @ pinv_iterative(core, iterations)
+    if core.shape[-1] != core.shape[-2]:
+        raise ValueError(f"inverse='solve' needs a square {name}, got shape "
+                         f"{tuple(core.shape)} (len(rows) != len(cols)); use inverse='pinv'")
+    if not check:
+        return torch.linalg.solve(core, x, left=False)
+    with torch.no_grad():
+        s = torch.linalg.svdvals(core).reshape(-1, core.shape[-1])  # (batch, M) descending
+        tol = s[:, :1] * core.shape[-1] * torch.finfo(core.dtype).eps  # matrix_rank's tolerance
+        bad = (s[:, -1:] <= tol).flatten().nonzero().flatten()
+    if len(bad):
+        i = int(bad[0])
+        rank = int((s[i] > tol[i]).sum())
+        cond = float(s[i, 0] / s[i, -1]) if float(s[i, -1]) > 0 else float("inf")
+        where = f" (batch item {i})" if s.shape[0] > 1 else ""
+        raise ValueError(f"{name}{where} ({core.shape[-1]}×{core.shape[-1]}) is singular to "
+                         f"working precision (numerical rank {rank}, condition number {cond:.2e}), "
+                         "so inverse='solve' cannot invert it. Use inverse='pinv' (Moore–Penrose, "
+                         "least squares), other landmarks, or the indicator term (A_mm + I).")
+    return torch.linalg.solve(core, x, left=False)
+
+
+# ----------------------------------------------------------------------------- matrix level
+
+
+def nystrom(A: torch.Tensor, rows, cols=None, *, inverse: str = "solve",
+            iterations: int = 6) -> torch.Tensor:
+    """The Nyström / skeleton approximation ``A[:, cols] · A[rows, cols]⁻¹ · A[rows, :]``.
+
+    Args:
+        A: ``(N, N')`` matrix (any dtype on any device; use float64 to see 1e-12 errors).
+            Must be square when ``cols`` is None.
+        rows: ``(M,)`` distinct row indices ``I``.
+        cols: ``(M',)`` distinct column indices ``J``; default ``rows`` (the paper's Nyström).
+        inverse: ``"solve"`` (exact inverse; raises if ``A[I, J]`` is singular),
+            ``"pinv"`` (Moore–Penrose, also for ``M != M'``) or ``"iterative"``
+            (:func:`pinv_iterative`).
+        iterations: steps of the iterative pseudo-inverse.
+
+    Returns:
+        ``(N, N')`` approximation of rank at most ``M``.
+    """
+    _check_inverse(inverse, iterations)
+    _check_matrix(A, square=cols is None,
+                  why=" when cols is None (the same landmarks index rows and columns)")
+    rows = _check_indices(rows, A.shape[0], "rows", A.device)
+    cols = rows if cols is None else _check_indices(cols, A.shape[1], "cols", A.device)
+    c = A[:, cols]  # (N, M')
+    core = A[rows][:, cols]  # (M, M')
+    r = A[rows, :]  # (M, N')
+    return _times_inverse(c, core, inverse, iterations, "A[rows, cols]") @ r  # eq. (9)
+
+
+def schur_residual(A: torch.Tensor, rows, *, inverse: str = "solve") -> torch.Tensor:
+    """The Schur complement ``S = A_rr − A_rm A_mm⁻¹ A_mr`` of the landmark block.
+
+    ``r`` are the indices not in ``rows``, in increasing order. ``A − nystrom(A, rows)`` is zero
+    on the sampled rows and columns and equals ``S`` on ``r × r``.
+
+    Args:
+        A: ``(N, N)`` square matrix.
+        rows: ``(M,)`` distinct landmark indices (used for rows and columns).
+        inverse: ``"solve"`` or ``"pinv"`` (``"iterative"`` also accepted).
+
+    Returns:
+        ``(N − M, N − M)`` matrix (empty when ``M = N``).
+    """
+    _check_inverse(inverse, 1)
+    _check_matrix(A, square=True, why=" for a Schur complement")
+    rows = _check_indices(rows, A.shape[0], "rows", A.device)
+    keep = torch.ones(A.shape[0], dtype=torch.bool, device=A.device)
+    keep[rows] = False
+    rest = keep.nonzero().flatten()  # (N − M,)
+    a_rm, a_mm, a_mr = A[rest][:, rows], A[rows][:, rows], A[rows][:, rest]
+    return A[rest][:, rest] - _times_inverse(a_rm, a_mm, inverse, 6) @ a_mr
+
+
+def best_rank(A: torch.Tensor, m: int) -> torch.Tensor:
+    """The best rank-``m`` approximation (truncated SVD; Eckart–Young optimum in the Frobenius
+    and spectral norms, the lower bound for every rank-``m`` method such as Nyström).
+
+    Args:
+        A: ``(N, N')`` matrix.
+        m: rank, ``1 ≤ m ≤ min(N, N')``.
+
+    Returns:
+        ``(N, N')`` matrix.
+    """
+    _check_matrix(A)
+    m = check_int(m, "m", 1, min(A.shape))
+    u, s, vh = torch.linalg.svd(A, full_matrices=False)
+    return (u[:, :m] * s[:m]) @ vh[:m]
+
+
+def svd_bound(A: torch.Tensor, ms: Sequence[int]) -> torch.Tensor:
+    """Relative Frobenius error of :func:`best_rank` for each ``m``: ``√(Σ_{i>m} σᵢ²) / ‖A‖_F``.
+
+    Args:
+        A: ``(N, N')`` matrix.
+        ms: ranks.
+
+    Returns:
+        ``(len(ms),)`` float64 tensor on the CPU.
+    """
+    _check_matrix(A)
+    ms = [check_int(m, "m", 0, min(A.shape)) for m in ms]
+    s2 = torch.linalg.svdvals(A.double()).pow(2).cpu()  # (min(N, N'),)
+    tail = s2.flip(0).cumsum(0).flip(0)  # tail[i] = Σ_{j≥i} σ_j²
+    tail = torch.cat([tail, tail.new_zeros(1)])
+    return (tail[ms] / tail[0]).sqrt()
+
+
+def relative_error(A: torch.Tensor, approx: torch.Tensor) -> float:
+    """``‖A − approx‖_F / ‖A‖_F`` as a float (computed in float64)."""
+    if A.shape != approx.shape:
+        raise ValueError(f"A and approx must have the same shape, got {tuple(A.shape)} "
+                         f"and {tuple(approx.shape)}")
+    return float((A.double() - approx.double()).norm() / A.double().norm())
+
+
+def error_curve(A: torch.Tensor, ms: Sequence[int], strategy: str = "random", *,
+                features: torch.Tensor | None = None, size: tuple[int, int] | None = None,
+                repeats: int = 1, seed: int = 0, inverse: str = "pinv",
+                iterations: int = 6) -> torch.Tensor:
+    """Relative error of :func:`nystrom` against the number of landmarks, over random draws.
+
+    Args:
+        A: ``(N, N)`` matrix.
+        ms: landmark counts.
+        strategy: a :func:`landmarks` strategy (``"even"`` is drawn once: it is deterministic).
+        features: ``(N, C)`` row features for the k-means strategies.
+        size: ``(H, W)`` grid for ``"even"``.
+        repeats: draws (seeds ``seed, seed + 1, …``) of the random strategies.
+        seed: first seed.
+        inverse: see :func:`nystrom` (default ``"pinv"``, so no draw stops a sweep).
+        iterations: steps of the iterative pseudo-inverse.
+
+    Returns:
+        ``(R, len(ms))`` float64 tensor, ``R = 1`` for ``"even"`` else ``repeats``.
+    """
+    _check_matrix(A, square=True, why=" for an error curve")
+    draws = 1 if strategy == "even" else check_int(repeats, "repeats", 1)
+    return torch.tensor([[relative_error(A, nystrom(A, landmarks(
+        A.shape[0], m, strategy, features=features, size=size, seed=seed + d),
+        inverse=inverse, iterations=iterations)) for m in ms] for d in range(draws)],
+        dtype=torch.float64)
+
+
+# ----------------------------------------------------------------------------- landmarks
+
+
+def _grid(m, size: tuple[int, int]) -> tuple[int, int]:
+    """``(mh, mw)`` with ``mh·mw = m`` closest in aspect to ``size``."""
+    h, w = size
+    if isinstance(m, (tuple, list)):
+        if len(m) != 2:
+            raise ValueError(f"m must be an int or a (mh, mw) pair, got {m!r}")
+        mh, mw = check_int(m[0], "m[0]", 1, h), check_int(m[1], "m[1]", 1, w)
+        return mh, mw
+    m = check_int(m, "m (landmarks)", 1, h * w)
+    pairs = [(d, m // d) for d in range(1, m + 1) if m % d == 0 and d <= h and m // d <= w]
+    if not pairs:
+        raise ValueError(f"m={m} cannot be laid out as an mh × mw grid on a {h}×{w} map; "
+                         f"pass m=(mh, mw) with mh <= {h}, mw <= {w}")
+    return min(pairs, key=lambda p: abs(math.log(p[0] / p[1]) - math.log(h / w)))
+
+
+def _check_size(size, n: int) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    if (not isinstance(size, (tuple, list)) or len(size) != 2
+            or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in size)):
+        raise ValueError(f"size must be a pair of positive ints (H, W), got {size!r}")
+    if size[0] * size[1] != n:
+        raise ValueError(f"size={tuple(size)} has H·W = {size[0] * size[1]} positions but the "
+                         f"input has N = {n}")
+    return int(size[0]), int(size[1])
+
+
+def patches(n: int, m, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """The pooling patch of every position: ``(N,)`` ids in ``[0, M)``.
+
+    Without ``size`` the ``N`` positions are cut into ``m`` contiguous segments
+    (``⌊i·m / N⌋``); with ``size = (H, W)`` the map is cut into an ``mh × mw`` grid (``m`` an
+    int laid out closest to the map's aspect, or a pair), patch id ``row·mw + col``. Patch
+    sizes differ by at most one row/column of positions.
+    """
+    n = check_int(n, "n", 1)
+    size = _check_size(size, n)
+    if size is None:
+        m = check_int(m, "m (landmarks)", 1, n)
+        return torch.arange(n) * m // n
+    (h, w), (mh, mw) = size, _grid(m, size)
+    pr = torch.arange(h) * mh // h  # (H,)
+    pc = torch.arange(w) * mw // w  # (W,)
+    return (pr[:, None] * mw + pc[None, :]).flatten()
+
+
+def patch_indicator(patch: torch.Tensor, m: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``P`` of shape ``(M, N)``: ``P[j, p] = 1`` iff ``patch[p] == j`` (a negative id: no patch)."""
+    patch = torch.as_tensor(patch)
+    m = check_int(m, "m", 1)
+    return (patch[None, :] == torch.arange(m, device=patch.device)[:, None]).to(dtype)
+
+
+def pool_landmarks(x: torch.Tensor, m, *, size: tuple[int, int] | None = None,
+                   pool: str = "avg") -> tuple[torch.Tensor, torch.Tensor]:
+    """The paper's virtual landmarks: features pooled over ``M`` disjoint patches.
+
+    Args:
+        x: ``(N, C)`` or ``(B, N, C)`` features (queries or keys).
+        m: number of landmarks ``M`` (or ``(mh, mw)`` with ``size``).
+        size: ``(H, W)`` of the feature map (``N = H·W``, row-major); None for 1-D segments.
+        pool: ``"avg"`` (the paper) or ``"max"``.
+
+    Returns:
+        ``(x̃, patch)``: ``(M, C)`` or ``(B, M, C)`` pooled features and the ``(N,)`` patch id of
+        every position (see :func:`patches`).
+    """
+    if not isinstance(x, torch.Tensor) or x.ndim not in (2, 3) or not x.is_floating_point():
+        raise ValueError("x must be a floating-point tensor of shape (N, C) or (B, N, C), got "
+                         f"{getattr(x, 'shape', type(x).__name__)}")
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+    n = x.shape[-2]
+    patch = patches(n, m, size).to(x.device)  # (N,)
+    mm = int(patch.max()) + 1
+    if pool == "avg":
+        p = patch_indicator(patch, mm, x.dtype)  # (M, N)
+        return (p / p.sum(1, keepdim=True)) @ x, patch  # (…, M, C)
+    idx = patch[:, None].expand(x.shape[-2:])  # (N, C)
+    idx = idx.expand(*x.shape[:-2], *idx.shape)
+    out = x.new_full((*x.shape[:-2], mm, x.shape[-1]), -torch.inf)
+    return out.scatter_reduce(-2, idx, x, reduce="amax"), patch
+
+
+def landmarks(n: int, m: int, strategy: str = "random", *, features: torch.Tensor | None = None,
+              size: tuple[int, int] | None = None, seed: int = 0,
+              kmeans_iterations: int = 25) -> torch.Tensor:
+    """Landmark row/column indices for :func:`nystrom`, sorted.
+
+    Args:
+        n: number of rows ``N``.
+        m: number of landmarks, ``1 ≤ M ≤ N``.
+        strategy: ``"random"`` (uniform without replacement), ``"even"`` (evenly spaced; with
+            ``size`` the centre of each cell of the pooling grid of :func:`patches`),
+            ``"kmeans"`` (Lloyd's k-means on ``features``, then the row nearest each centroid)
+            or ``"kmeans++"`` (the k-means++ seeding alone: D²-sampled rows). The paper's
+            pooled landmarks are not rows of ``A``: see :func:`pool_landmarks`.
+        features: ``(N, C)`` row features for the k-means strategies.
+        size: ``(H, W)`` map for ``"even"`` on a 2-D grid.
+        seed: seed of the random strategies.
+        kmeans_iterations: Lloyd iterations of ``"kmeans"``.
+
+    Returns:
+        ``(M,)`` int64 distinct indices in increasing order.
+    """
+    n = check_int(n, "n", 1)
+    if strategy == "pool":
+        raise ValueError("strategy='pool': pooled landmarks are averages of features, not rows "
+                         "of A; use pool_landmarks(x, m) or nystrom_softmax_attention(q, k, m)")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if isinstance(m, bool) or not isinstance(m, int) or m < 1 or m > n:
+        raise ValueError(f"m (landmarks) must be an integer in [1, n={n}], got {m!r}")
+    g = torch.Generator().manual_seed(check_int(seed, "seed", 0))
+    if strategy == "random":
+        return torch.randperm(n, generator=g)[:m].sort().values
+    if strategy == "even":
+        size = _check_size(size, n)
+        if size is None:
+            return ((torch.arange(m) + 0.5) * n / m).floor().long()  # segment centres
+        h, w = size
+        mh, mw = _grid(m, size)
+        r = ((torch.arange(mh) + 0.5) * h / mh).floor().long()
+        c = ((torch.arange(mw) + 0.5) * w / mw).floor().long()
+        return (r[:, None] * w + c[None, :]).flatten().sort().values
+    if not isinstance(features, torch.Tensor) or features.ndim != 2 or features.shape[0] != n:
+        raise ValueError(f"strategy={strategy!r} needs features of shape (n={n}, C), got "
+                         f"{getattr(features, 'shape', features)}")
+    x = features.detach().double().cpu()
+    chosen = _kmeans_pp(x, m, g)
+    if strategy == "kmeans":
+        centres = x[chosen]
+        for _ in range(check_int(kmeans_iterations, "kmeans_iterations", 0)):
+            assign = torch.cdist(x, centres).argmin(1)  # (N,)
+            counts = torch.bincount(assign, minlength=m).double()
+            sums = torch.zeros_like(centres).index_add_(0, assign, x)
+            centres = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centres)
+        dist = torch.cdist(centres, x)  # (M, N)
+        chosen = []
+        for j in range(m):  # nearest row not yet taken
+            order = dist[j].argsort()
+            chosen.append(next(int(i) for i in order if int(i) not in chosen))
+        chosen = torch.tensor(chosen)
+    return chosen.sort().values
+
+
+def _kmeans_pp(x: torch.Tensor, m: int, g: torch.Generator) -> torch.Tensor:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007): rows drawn with probability ∝ D²."""
+    n = x.shape[0]
+    chosen = [int(torch.randint(n, (1,), generator=g))]
+    d2 = (x - x[chosen[0]]).pow(2).sum(1)  # (N,)
+    for _ in range(1, m):
+        d2[chosen] = 0
+        weights = d2 if float(d2.sum()) > 0 else (d2 == 0).double().index_fill(0, torch.tensor(chosen), 0)
+        i = int(torch.multinomial(weights, 1, generator=g))
+        chosen.append(i)
+        d2 = torch.minimum(d2, (x - x[i]).pow(2).sum(1))
+    return torch.tensor(chosen)
+
+
+# ----------------------------------------------------------------------------- attention level
+
+
+class NystromAttention(NamedTuple):
+    """What :func:`nystrom_softmax_attention` returns (leading ``(B,)`` when the input had it).
+
+    Attributes:
+        w: ``(…, N, M)`` coefficients ``W = A_nm A_mm⁻¹``.
+        b: ``(…, M, N)`` landmark attention ``B = A_mn``.
+        a_nm: ``(…, N, M)`` block used in ``W`` (indicator included).
+        a_mm: ``(…, M, M)`` block inverted in ``W`` (indicator included).
+        reconstruction: ``(…, N, N)`` ``W B`` (None unless asked for).
+        patch: ``(N,)`` pooling patch of each position (None when landmarks were given without it).
+    """
+
+    w: torch.Tensor
+    b: torch.Tensor
+    a_nm: torch.Tensor
+    a_mm: torch.Tensor
+    reconstruction: torch.Tensor | None
+    patch: torch.Tensor | None
+
+
+def _check_qk(q, name: str) -> torch.Tensor:
+    if not isinstance(q, torch.Tensor) or q.ndim not in (2, 3) or not q.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor of shape (N, C) or (B, N, C), "
+                         f"got {getattr(q, 'shape', type(q).__name__)}")
+    return q
+
+
+def softmax_attention(q: torch.Tensor, k: torch.Tensor, *, scale: float = 1.0) -> torch.Tensor:
+    """The exact attention map ``softmax_N(s q kᵀ)``: ``(…, N, C), (…, N', C) → (…, N, N')``."""
+    _check_qk(q, "q"), _check_qk(k, "k")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q and k must have the same channels C, got {q.shape[-1]} and {k.shape[-1]}")
+    return torch.softmax(scale * q @ k.transpose(-1, -2), dim=-1)
+
+
+def nystrom_softmax_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    m=None,
+    *,
+    size: tuple[int, int] | None = None,
+    pool: str = "avg",
+    q_landmarks: torch.Tensor | None = None,
+    k_landmarks: torch.Tensor | None = None,
+    patch: torch.Tensor | None = None,
+    indicator: bool = False,
+    indicator_at: str = "affinity",
+    scale: float = 1.0,
+    inverse: str = "solve",
+    iterations: int = 6,
+    check: bool = True,
+    return_reconstruction: bool = False,
+) -> NystromAttention:
+    """CSALR's attention-level Nyström factors (eqs. 10–16) from pooled (or given) landmarks.
+
+    Args:
+        q: ``(N, C)`` or ``(B, N, C)`` queries.
+        k: keys of the same shape as ``q``.
+        m: number of landmarks ``M`` (or ``(mh, mw)`` with ``size``) to pool ``q`` and ``k``
+            into; leave None when passing ``q_landmarks`` and ``k_landmarks``.
+        size: ``(H, W)`` of the feature map (``N = H·W``) for a 2-D pooling grid.
+        pool: ``"avg"`` (the paper) or ``"max"``.
+        q_landmarks: ``(M, C)`` / ``(B, M, C)`` landmark queries ``q̃`` (instead of ``m``).
+        k_landmarks: ``(M, C)`` / ``(B, M, C)`` landmark keys ``k̃``.
+        patch: ``(N,)`` patch id in ``[0, M)`` of each position (−1: none) for the indicator
+            when landmarks are given; computed by the pooling otherwise.
+        indicator: add ``1(same pooling patch)`` (eqs. 15–16).
+        indicator_at: ``"affinity"`` (after the softmax: ``A_nm + Pᵀ``, ``A_mm + I``,
+            ``A_mn + P``; our reading) or ``"logit"`` (inside the softmaxes).
+        scale: multiplies the logits ``q kᵀ`` (1 as in the paper; ``C**-0.5`` Transformer-style).
+        inverse: ``"solve"``, ``"pinv"`` or ``"iterative"`` (see :func:`nystrom`).
+        iterations: steps of the iterative pseudo-inverse.
+        check: with ``inverse="solve"``, verify that ``A_mm`` is invertible (one SVD of the
+            ``M × M`` blocks) and raise a clear error if not. Turn it off in a training loop
+            where the indicator term already guarantees invertibility.
+        return_reconstruction: also return the ``(…, N, N)`` map ``W B``.
+
+    Returns:
+        :class:`NystromAttention` with ``w`` ``(…, N, M)``, ``b`` ``(…, M, N)``, the blocks
+        and, if asked, ``reconstruction``. The attention output is ``w @ (b @ v)``.
+    """
+    _check_qk(q, "q"), _check_qk(k, "k")
+    if q.shape != k.shape:
+        raise ValueError(f"q and k must have the same shape (N, C) / (B, N, C) (self-attention), "
+                         f"got {tuple(q.shape)} and {tuple(k.shape)}")
+    _check_inverse(inverse, iterations)
+    if indicator_at not in INDICATOR_AT:
+        raise ValueError(f"indicator_at must be one of {INDICATOR_AT}, got {indicator_at!r}")
+    n = q.shape[-2]
+    if m is not None:
+        if q_landmarks is not None or k_landmarks is not None or patch is not None:
+            raise ValueError("pass either m (pool the landmarks here) or q_landmarks/k_landmarks"
+                             "/patch, not both")
+        if isinstance(m, int) and not isinstance(m, bool) and m > n:
+            raise ValueError(f"m (landmarks) must be at most N = {n} positions, got {m}")
+        q_landmarks, patch = pool_landmarks(q, m, size=size, pool=pool)  # (…, M, C), (N,)
+        k_landmarks, _ = pool_landmarks(k, m, size=size, pool=pool)  # (…, M, C)
+    elif q_landmarks is None or k_landmarks is None:
+        raise ValueError("give m (number of landmarks) or both q_landmarks and k_landmarks")
+    for name, t in (("q_landmarks", q_landmarks), ("k_landmarks", k_landmarks)):
+        _check_qk(t, name)
+        if t.ndim != q.ndim or t.shape[:-2] != q.shape[:-2] or t.shape[-1] != q.shape[-1]:
+            raise ValueError(f"{name} must have shape {(*q.shape[:-2], 'M', q.shape[-1])}, "
+                             f"got {tuple(t.shape)}")
+    if q_landmarks.shape != k_landmarks.shape:
+        raise ValueError(f"q_landmarks and k_landmarks must have the same shape, got "
+                         f"{tuple(q_landmarks.shape)} and {tuple(k_landmarks.shape)}")
+    mm = q_landmarks.shape[-2]
+    if mm > n:
+        raise ValueError(f"M = {mm} landmarks is more than N = {n} positions")
+    kt, ktil = k.transpose(-1, -2), k_landmarks.transpose(-1, -2)
+    logit_nm = scale * q @ ktil  # (…, N, M)
+    logit_mm = scale * q_landmarks @ ktil  # (…, M, M)
+    logit_mn = scale * q_landmarks @ kt  # (…, M, N)
+    if indicator:
+        if patch is None:
+            raise ValueError("indicator=True needs the patch of every position: pass patch "
+                             "(N,) with the given landmarks, or pass m to pool them here")
+        patch = torch.as_tensor(patch, device=q.device)
+        if patch.shape != (n,) or int(patch.max()) >= mm:
+            raise ValueError(f"patch must have shape ({n},) with ids < M = {mm}, got shape "
+                             f"{tuple(patch.shape)} and max {int(patch.max())}")
+        p = patch_indicator(patch, mm, q.dtype)  # (M, N)
+        eye = torch.eye(mm, dtype=q.dtype, device=q.device)
+        if indicator_at == "logit":  # eqs. (15)–(16), inside the softmaxes
+            logit_nm, logit_mm, logit_mn = logit_nm + p.T, logit_mm + eye, logit_mn + p
+    a_nm = torch.softmax(logit_nm, dim=-1)  # (…, N, M), normalised over M    eqs. (10)–(14)
+    a_mm = torch.softmax(logit_mm, dim=-1)  # (…, M, M), normalised over M
+    a_mn = torch.softmax(logit_mn, dim=-1)  # (…, M, N), normalised over N
+    if indicator and indicator_at == "affinity":  # eqs. (15)–(16), on the affinities
+        a_nm, a_mm, a_mn = a_nm + p.T, a_mm + eye, a_mn + p
+    w = _times_inverse(a_nm, a_mm, inverse, iterations, check=check)  # W = A_nm A_mm⁻¹, (…, N, M)
+    recon = w @ a_mn if return_reconstruction else None  # (…, N, N)
+    return NystromAttention(w, a_mn, a_nm, a_mm, recon, patch)
+
+
+# ----------------------------------------------------------------------------- the derivation
+
+
+def derivation_gaps(A: torch.Tensor, rows) -> dict[str, float]:
+    """How far each "≈" of the eigen-system derivation of eq. (9) is from equality.
+
+    The derivation (our reconstruction of eqs. 3–9, the classical Nyström argument of
+    Williams & Seeger 2001 extended with left eigenvectors for non-symmetric ``A``): with
+    eigenpairs ``A uᵢ = μᵢ uᵢ`` (``μ`` by decreasing modulus, complex in general) and
+    ``A_mm U_m = U_m Λ_m``, ``S`` = the landmarks:
+
+    * ``"quadrature"`` — (4): ``(N/M) A[:, S] uᵢ[S] ≈ μᵢ uᵢ`` (M-point quadrature of the
+      eigen-equation); median relative residual over the top ``min(M, 8)`` eigenpairs of A.
+    * ``"eigenvalues"`` — (5): ``(N/M) λᵢ(A_mm) ≈ μᵢ``; median relative error, same pairs.
+    * ``"extension"`` — (6)–(7): the Nyström-extended vectors ``ũᵢ = A_nm U_m[:, i] / λᵢ``
+      are ≈ eigenvectors of A; median over ``i`` of ``min_μ ‖A ũ − μ ũ‖ / ‖A ũ‖``.
+    * ``"biorthogonality"`` — (8): ``A ≈ Ũ ((N/M) Λ_m) Ṽ`` with the extended left vectors
+      ``Ṽ = (M/N) Λ_m⁻¹ U_m⁻¹ A_mn`` is the eigen-decomposition ``A = U M U⁻¹`` only if
+      ``Ṽ Ũ = I``; ``‖Ṽ Ũ − I‖_F / √M``. (The quadrature factors N/M cancel in (9).)
+    * ``"algebra"`` — (8)→(9): ``‖Ũ Λ_m Ṽ' − A_nm A_mm⁻¹ A_mn‖_F / ‖·‖_F`` (an identity;
+      ``Ṽ' = Λ_m⁻¹ U_m⁻¹ A_mn``).
+    * ``"error"`` — (9): ``‖A − Â‖_F / ‖A‖_F``.
+    * ``"complex_fraction"`` — share of ``A_mm``'s eigenvalues that are not real.
+
+    Args:
+        A: ``(N, N)`` square matrix (computed in complex128).
+        rows: ``(M,)`` distinct landmark indices with ``A_mm`` invertible.
+
+    Returns:
+        ``{name: float}`` as listed.
+    """
+    _check_matrix(A, square=True, why=" for an eigen-system")
+    rows = _check_indices(rows, A.shape[0], "rows", A.device)
+    a = A.detach().double().cpu()
+    rows = rows.cpu()
+    n, m = a.shape[0], len(rows)
+    a_nm, a_mm, a_mn = a[:, rows], a[rows][:, rows], a[rows, :]
+    mu, u = torch.linalg.eig(a)  # (N,), (N, N) complex
+    order = mu.abs().argsort(descending=True)
+    mu, u = mu[order], u[:, order]
+    lam, um = torch.linalg.eig(a_mm)  # (M,), (M, M)
+    order = lam.abs().argsort(descending=True)
+    lam, um = lam[order], um[:, order]
+    ac, k = a.to(torch.complex128), min(m, 8)
+    quad = [float(((n / m) * ac[:, rows] @ u[rows, i] - mu[i] * u[:, i]).norm()
+                  / (mu[i] * u[:, i]).norm().clamp_min(1e-300)) for i in range(k)]
+    eigval = [float(((n / m) * lam[i] - mu[i]).abs() / mu[i].abs().clamp_min(1e-300))
+              for i in range(k)]
+    u_ext = a_nm.to(torch.complex128) @ um / lam  # (N, M)   eq. (6)–(7), right vectors
+    v_ext = (torch.linalg.inv(um) @ a_mn.to(torch.complex128)) / lam[:, None]  # (M, N), left
+    au = ac @ u_ext  # (N, M)
+    rq = (u_ext.conj() * au).sum(0) / (u_ext.conj() * u_ext).sum(0)  # Rayleigh quotients
+    ext = ((au - rq * u_ext).norm(dim=0) / au.norm(dim=0).clamp_min(1e-300)).median()
+    biorth = ((m / n) * v_ext @ u_ext - torch.eye(m, dtype=torch.complex128)).norm() / math.sqrt(m)
+    recon_eig = (u_ext * lam) @ v_ext  # Ũ Λ_m Ṽ, (N, N)
+    recon = a_nm @ torch.linalg.solve(a_mm, a_mn)  # eq. (9)
+    return {
+        "quadrature": float(torch.tensor(quad).median()),
+        "eigenvalues": float(torch.tensor(eigval).median()),
+        "extension": float(ext),
+        "biorthogonality": float(biorth),
+        "algebra": float((recon_eig - recon).norm() / recon.norm()),
+        "error": float((a - recon).norm() / a.norm()),
+        "complex_fraction": float((lam.imag.abs() > 1e-9 * lam.abs()).double().mean()),
+    }
+
+
+# ----------------------------------------------------------------------------- cost
+
+
+def measure_cost(ns: Sequence[int], m: int = 64, channels: int = 64, *,
+                 device: str | torch.device = "cpu", repeats: int = 3,
+                 dtype: torch.dtype = torch.float32, seed: int = 0,
+                 inverse: str = "pinv") -> list[dict]:
+    """Time and memory of exact softmax attention vs the Nyström factors, for growing ``N``.
+
+    Exact: ``softmax_N(q kᵀ / √C) v`` through the ``N × N`` map. Nyström: pooled landmarks,
+    ``W = A_nm A_mm⁻¹`` and ``W (B v)``. The default ``inverse="pinv"`` never fails on random
+    inputs (whose pooled landmarks are nearly equal, so ``A_mm`` is nearly singular); on a GPU
+    ``"iterative"`` (matrix products only) avoids the SVD behind ``pinv``.
+
+    Args:
+        ns: numbers of positions ``N`` to measure.
+        m: landmarks ``M``.
+        channels: ``C`` of ``q, k, v``.
+        device: where to run.
+        repeats: timed runs per case (the minimum is kept, after one warm-up run).
+        dtype: computation dtype.
+        seed: seed of the random ``q, k, v``.
+        inverse: ``"pinv"`` or ``"iterative"`` (see :func:`nystrom`).
+
+    Returns:
+        one dict per ``N``: ``n``, ``exact_bytes`` (the N×N map), ``nystrom_bytes`` (N×M + M×M +
+        M×N), ``exact_s``, ``nystrom_s`` (seconds, best of ``repeats``) and
+        ``peak_exact_bytes`` / ``peak_nystrom_bytes`` on CUDA (None on CPU).
+    """
+    device = torch.device(device)
+    if inverse not in ("pinv", "iterative"):
+        raise ValueError(f"inverse must be 'pinv' or 'iterative' for random inputs, got {inverse!r}")
+    g = torch.Generator().manual_seed(seed)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    rows = []
+    for n in ns:
+        n = check_int(n, "n", m)
+        q, k, v = (torch.randn(n, channels, generator=g, dtype=dtype).to(device) for _ in range(3))
+        scale = channels ** -0.5
+
+        def exact(q=q, k=k, v=v, scale=scale):
+            return softmax_attention(q, k, scale=scale) @ v  # (N, C) through the N × N map
+
+        def factored(q=q, k=k, v=v, scale=scale):
+            f = nystrom_softmax_attention(q, k, m, scale=scale, inverse=inverse)
+            return f.w @ (f.b @ v)  # CSALR's output W (B v), never the N × N map
+
+        row = {"n": n, "exact_bytes": n * n * itemsize, "nystrom_bytes": (2 * n * m + m * m) * itemsize}
+        for name, fn in (("exact", exact), ("nystrom", factored)):
+            fn()  # warm-up
+            times = []
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
+                base = torch.cuda.memory_allocated(device)
+            for _ in range(check_int(repeats, "repeats", 1)):
+                t0 = time.perf_counter()
+                fn()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                times.append(time.perf_counter() - t0)
+            row[f"{name}_s"] = min(times)
+            row[f"peak_{name}_bytes"] = (torch.cuda.max_memory_allocated(device) - base
+                                         if device.type == "cuda" else None)
+        rows.append(row)
+    return rows
