@@ -43,7 +43,7 @@ def _update(h, part) -> None:
     if torch.is_tensor(part):
         t = part.detach().cpu().contiguous()
         h.update(f"tensor{tuple(t.shape)}{t.dtype}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     elif isinstance(part, np.ndarray):
         a = np.ascontiguousarray(part)
         h.update(f"array{a.shape}{a.dtype}".encode())

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from dmlviz import report, runner
+from dmlviz.baseline import make_baseline
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -109,8 +110,8 @@ def _report(args) -> int:
 
 
 def _baseline(args) -> int:
-    path, changes = report.make_baseline(args.run_dir, args.out, fresh=args.fresh,
-                                         root=runner.project_root())
+    path, changes = make_baseline(args.run_dir, args.out, fresh=args.fresh,
+                                  root=runner.project_root())
     for line in changes:
         print(f"  {line}")
     print(f"written: {path} ({len(changes)} change(s)); review every 'why' that starts "

@@ -55,7 +55,8 @@ execution stopped in, counted in the *stored* notebook (``notebooks/<stem>.ipynb
 ``error.exec_count`` is its ``In [n]`` label in the executed copy and its HTML. The executed
 copy of a timed-out or dead-kernel run gets a banner cell and the error as the stopped
 cell's output (papermill itself saves it without any error flag).
-See :mod:`dmlviz.report` for baselines and what counts as a regression.
+Baselines and what counts as a regression are in :mod:`dmlviz.baseline`; ``summary.md``
+and ``index.html`` in :mod:`dmlviz.report`; the offline HTML export in :mod:`dmlviz.export`.
 """
 
 from __future__ import annotations
@@ -68,7 +69,6 @@ import logging
 import multiprocessing
 import os
 import platform
-import re
 import subprocess
 import sys
 import time
@@ -77,6 +77,8 @@ from pathlib import Path
 from typing import Any
 
 from dmlviz import report
+from dmlviz.baseline import baseline_entries, find_regressions, load_baseline
+from dmlviz.export import copy_mathjax, export_html
 
 PROFILES = ("quick", "full")
 DEVICES = ("auto", "cpu", "cuda")
@@ -86,7 +88,6 @@ SET_BY_RUNNER = {"quick": "--profile", "device": "--device", "interactive": "the
                  "out_dir": "--out"}
 DEFAULT_TIMEOUT = {"quick": 600, "full": 3600}
 KERNEL = "python3"
-_REMOTE_SCRIPT = re.compile(r"""<script[^>]*\bsrc=["']https?://[^"']*["'][^>]*>\s*</script>""", re.I)
 
 
 # --------------------------------------------------------------------------- discovery
@@ -204,108 +205,6 @@ def check_overrides(overrides: dict[str, Any], notebooks: list[NotebookInfo]) ->
 
 # --------------------------------------------------------------------------- one notebook
 
-MATHJAX_DIR = "_static/mathjax"
-_MATHJAX_SKIP = ("localization", "a11y", "SVG", "__pycache__")
-_MATHJAX_BLOCK = """
-<script type="text/x-mathjax-config">
-MathJax.Hub.Config({
-  tex2jax: {inlineMath: [['$','$'], ['\\\\(','\\\\)']], displayMath: [['$$','$$'], ['\\\\[','\\\\]']],
-            processEscapes: true, processEnvironments: true},
-  TeX: {equationNumbers: {autoNumber: "AMS", useLabelIds: true}},
-  "HTML-CSS": {availableFonts: [], webFont: "STIX-Web", imageFont: null,
-               linebreaks: {automatic: true}},
-  displayAlign: "center", messageStyle: "none", showMathMenu: false
-});
-</script>
-<script src="{{ resources.mathjax_url }}"></script>
-"""
-
-
-def copy_mathjax(out: Path) -> str | None:
-    """Copy an offline MathJax 2 (from the ``jupyter-server-mathjax`` package, when installed)
-    to ``out/_static/mathjax`` for the notebook HTML exports; ``None`` when unavailable, and
-    the exports then show formulas as TeX source."""
-    import shutil
-
-    try:
-        import jupyter_server_mathjax
-    except ImportError:
-        return None
-    src = Path(jupyter_server_mathjax.__file__).parent / "static"
-    if not (src / "MathJax.js").is_file():
-        return None
-    dst = out / MATHJAX_DIR
-    if not (dst / "MathJax.js").is_file():
-        shutil.copytree(src, dst, dirs_exist_ok=True,
-                        ignore=lambda d, names: [n for n in names if n in _MATHJAX_SKIP])
-    return MATHJAX_DIR
-
-
-def _widget_text(state: dict, model_id: str, depth: int = 0) -> str:
-    """Plain-text rendering of a saved widget (tqdm bars: prefix, bar, suffix)."""
-    import html as _html
-
-    model = state.get(model_id.removeprefix("IPY_MODEL_"), {})
-    name, st = model.get("model_name", ""), model.get("state", {})
-    if depth > 5 or not st:
-        return ""
-    if name in ("HTMLModel", "HTMLMathModel", "LabelModel", "TextModel"):
-        text = re.sub(r"<[^>]+>", "", _html.unescape(str(st.get("value", ""))))
-        return re.sub(r"[\xa0\u2007\u2009]", " ", text).strip()
-    if name in ("FloatProgressModel", "IntProgressModel"):
-        lo, hi, value = st.get("min", 0), st.get("max", 100), st.get("value", 0)
-        frac = min(max((value - lo) / (hi - lo), 0.0), 1.0) if hi != lo else 1.0
-        return "|" + "█" * round(20 * frac) + " " * (20 - round(20 * frac)) + "|"
-    return " ".join(t for c in st.get("children", []) if (t := _widget_text(state, c, depth + 1)))
-
-
-def _unwidget(nb) -> None:
-    """Replace widget outputs with their saved state as text: widgets need JavaScript from a
-    CDN, which an offline page cannot load."""
-    state = nb.metadata.pop("widgets", {}).get(
-        "application/vnd.jupyter.widget-state+json", {}).get("state", {})
-    for cell in nb.cells:
-        for out in cell.get("outputs", []):
-            data = out.get("data", {})
-            view = data.pop("application/vnd.jupyter.widget-view+json", None)
-            if view is not None:
-                text = _widget_text(state, view.get("model_id", ""))
-                if text:
-                    data["text/plain"] = text
-
-
-def _offline_html(executed: Path, html_path: Path, mathjax_url: str | None = None) -> None:
-    """Export an executed notebook to standalone HTML that needs no network.
-
-    The lab template without require.js, mermaid and the MathJax CDN (MathJax comes from
-    ``mathjax_url``, a relative path to the run's offline copy, when given); remote
-    ``<script src=...>`` tags inside outputs (plotly adds a MathJax CDN one) are dropped;
-    widgets (tqdm bars) become their final state as text.
-    """
-    import jinja2
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    template = ("{%- extends 'index.html.j2' -%}\n"
-                "{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}\n"
-                "{%- block html_head_js_mathjax -%}{%- if resources.mathjax_url -%}"
-                + _MATHJAX_BLOCK + "{%- endif -%}{%- endblock html_head_js_mathjax -%}\n"
-                "{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}\n")
-    nb = nbformat.read(executed, as_version=4)
-    _unwidget(nb)
-    for cell in nb.cells:
-        for out in cell.get("outputs", []):
-            data = out.get("data", {})
-            if isinstance(data.get("text/html"), str):
-                data["text/html"] = _REMOTE_SCRIPT.sub("", data["text/html"])
-    exporter = HTMLExporter(template_name="lab", template_file="dmlviz_offline.html.j2",
-                            extra_loaders=[jinja2.DictLoader({"dmlviz_offline.html.j2": template})],
-                            mathjax_url=(f"{mathjax_url}/MathJax.js?config="
-                                         "TeX-AMS-MML_HTMLorMML-full,Safe") if mathjax_url else "")
-    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": executed.stem}})
-    html_path.write_text(body, encoding="utf-8")
-
-
 _NOT_SOURCE = {"injected-parameters", "papermill-error-cell-tag", "dmlviz-stopped"}
 
 
@@ -409,7 +308,7 @@ def execute_one(job: dict) -> dict:
                 logging.exception("could not annotate %s", executed)
     html_path = out / f"{job['name']}.html"
     try:
-        _offline_html(executed, html_path, job.get("mathjax"))
+        export_html(executed, html_path, job.get("mathjax"))
     except Exception:
         logging.exception("HTML export of %s failed", executed)
         html_path = None
@@ -522,11 +421,11 @@ def run(notebooks: list[str] | tuple[str, ...] = ("all",), *, profile: str = "qu
     if baseline == "default":
         default = default_baseline(profile)
         baseline = default if default.exists() else None
-    base = report.load_baseline(baseline, profile) if baseline is not None else None
+    base = load_baseline(baseline, profile) if baseline is not None else None
     resolved = _resolve_device(device)
 
     root = project_root()
-    started = _dt.datetime.now(_dt.timezone.utc)
+    started = _dt.datetime.now(_dt.UTC)
     out = Path(out) if out else root / "reports" / started.astimezone().strftime("%Y%m%d-%H%M%S")
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -556,14 +455,14 @@ def run(notebooks: list[str] | tuple[str, ...] = ("all",), *, profile: str = "qu
     nbs = {}
     for nb, job in zip(chosen, job_list, strict=True):
         r = results[nb.name]
-        entries = report.baseline_entries(base, nb.name)
+        entries = baseline_entries(base, nb.name)
         nbs[nb.name] = {
             "status": r["status"], "duration_s": r["duration_s"], "error": r["error"],
-            "metrics": r["metrics"], "regressions": report.find_regressions(r["metrics"], entries),
+            "metrics": r["metrics"], "regressions": find_regressions(r["metrics"], entries),
             "title": nb.title, "parameters": job["parameters"],
             "executed": rel(r["executed"]), "html": rel(r["html"]), "log": rel(r["log"]),
             "figures": [rel(f) for f in r["figures"]]}
-    finished = _dt.datetime.now(_dt.timezone.utc)
+    finished = _dt.datetime.now(_dt.UTC)
     ok = all(v["status"] == "ok" and not v["regressions"] for v in nbs.values())
     try:
         base_name = str(Path(baseline).resolve().relative_to(root)) if baseline else None

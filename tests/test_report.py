@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dmlviz import cli, report
+from dmlviz import baseline, cli
 
 # --------------------------------------------------------------------------- tolerances
 
@@ -32,12 +32,12 @@ from dmlviz import cli, report
     ("x", {"at_least": 0}, False),
 ])
 def test_check_metric(value, spec, ok):
-    report.validate_spec(spec, "test")
-    assert (report.check_metric(value, spec) is None) is ok
+    baseline.validate_spec(spec, "test")
+    assert (baseline.check_metric(value, spec) is None) is ok
 
 
 def test_missing_metric_is_a_regression():
-    regs = report.find_regressions({"a": 1.0}, {"a": {"value": 1.0}, "b": {"at_least": 0}})
+    regs = baseline.find_regressions({"a": 1.0}, {"a": {"value": 1.0}, "b": {"at_least": 0}})
     assert regs == [{"metric": "b", "value": None, "baseline": None,
                      "tolerance": {"at_least": 0}, "reason": "not recorded by the run"}]
 
@@ -52,15 +52,15 @@ def test_missing_metric_is_a_regression():
 ])
 def test_bad_specs_are_named(spec, match):
     with pytest.raises(ValueError, match=match):
-        report.validate_spec(spec, "notebooks.x.m")
+        baseline.validate_spec(spec, "notebooks.x.m")
 
 
 def test_the_project_baselines_are_valid():
     for path in sorted(Path(__file__).parent.joinpath("baselines").glob("*.json")):
-        data = report.load_baseline(path, path.stem)
+        data = baseline.load_baseline(path, path.stem)
         assert data.get("_doc"), f"{path.name} must say how its tolerances were chosen (_doc)"
         for nb in data["notebooks"]:
-            for name, spec in report.baseline_entries(data, nb).items():
+            for name, spec in baseline.baseline_entries(data, nb).items():
                 assert spec.get("why"), f"{path.name}: {nb}.{name} has no 'why'"
 
 
@@ -80,7 +80,7 @@ def test_baseline_command_writes_defaults_and_keeps_reviewed_tolerances(tmp_path
     run = _fake_run(tmp_path / "r1", {"r@1": 0.61, "zero": 0.0, "n": 12, "ok": True})
     out = tmp_path / "quick.json"
     assert cli.main(["baseline", str(run), "--out", str(out)]) == 0
-    data = report.load_baseline(out, "quick")
+    data = baseline.load_baseline(out, "quick")
     e = data["notebooks"]["00_x"]
     assert e["r@1"] == {"value": 0.61, "rel": 0.1, "why": e["r@1"]["why"]}
     assert e["r@1"]["why"].startswith("DEFAULT") and "review" in e["r@1"]["why"]
@@ -91,15 +91,15 @@ def test_baseline_command_writes_defaults_and_keeps_reviewed_tolerances(tmp_path
     run2 = _fake_run(tmp_path / "r2", {"r@1": 0.64, "n": 12, "ok": True})
     assert cli.main(["baseline", str(run2), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    e2 = report.load_baseline(out)["notebooks"]["00_x"]
+    e2 = baseline.load_baseline(out)["notebooks"]["00_x"]
     assert e2["r@1"] == {"value": 0.64, "abs": 0.05, "why": "seeds 0-2 spread 0.02, doubled"}
     assert "zero" not in e2 and "dropped zero" in printed
 
 
 def test_baseline_skips_failed_notebooks(tmp_path):
     run = _fake_run(tmp_path / "r", {"a": 1.0}, status="failed")
-    path, changes = report.make_baseline(run, tmp_path / "b.json")
-    assert report.load_baseline(path)["notebooks"] == {}
+    path, changes = baseline.make_baseline(run, tmp_path / "b.json")
+    assert baseline.load_baseline(path)["notebooks"] == {}
     assert any("status failed" in c for c in changes)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dmlviz import report, runner
+from dmlviz import baseline, runner
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK_DIR = ROOT / "notebooks"
@@ -21,7 +21,7 @@ NAMES = sorted(p.stem for p in NOTEBOOK_DIR.glob("*.ipynb") if not p.name.starts
 
 
 def run_and_check(name: str, device: str, tmp_path: Path) -> dict:
-    entries = report.baseline_entries(report.load_baseline(BASELINE, "quick"), name)
+    entries = baseline.baseline_entries(baseline.load_baseline(BASELINE, "quick"), name)
     assert entries, (f"tests/baselines/quick.json has no entries for {name}: run `dmlviz run "
                      f"{name} --profile quick`, then `dmlviz baseline reports/<that run>` and "
                      "replace the DEFAULT tolerances with measured ones")
