@@ -51,9 +51,7 @@ stride  channels  tap
 
 from __future__ import annotations
 
-import hashlib
 import importlib.resources
-import json
 import math
 import warnings
 import weakref
@@ -66,7 +64,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from dmlviz.cache import cache_dir, load_entry, save_entry
+from dmlviz.cache import cache_dir, digest, load_entry, save_entry
 from dmlviz.utils import get_device
 
 __all__ = ["EfficientNetLite0", "SmallCNN", "cache_dir", "efficientnet_lite0", "extract_features"]
@@ -405,58 +403,40 @@ CACHE_FORMAT = 1
 _weight_digests: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _hash_array(h, a) -> None:
-    if torch.is_tensor(a):
-        t = a.detach().cpu().contiguous()
-        h.update(f"tensor{tuple(t.shape)}{t.dtype}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b"")
-    else:
-        a = np.ascontiguousarray(a)
-        h.update(f"array{a.shape}{a.dtype}".encode())
-        h.update(a.reshape(-1).view(np.uint8))
-
-
 def _weights_digest(model: nn.Module) -> str:
-    """SHA-256 of the state dict, memoised per model until a tensor is replaced or changed
-    in place (tracked by ``data_ptr`` and autograd's version counter ``_version``)."""
+    """:func:`dmlviz.cache.digest` of the state dict, memoised per model until a tensor is
+    replaced or changed in place (tracked by ``data_ptr`` and autograd's ``_version``)."""
     state = model.state_dict(keep_vars=True)
     signature = tuple((k, t.data_ptr(), t._version, str(t.device)) for k, t in state.items())
     hit = _weight_digests.get(model)
     if hit is not None and hit[0] == signature:
         return hit[1]
-    h = hashlib.sha256()
-    for k, t in state.items():
-        h.update(k.encode())
-        _hash_array(h, t)
-    _weight_digests[model] = (signature, h.hexdigest())
-    return h.hexdigest()
+    key = digest(model.state_dict())
+    _weight_digests[model] = (signature, key)
+    return key
 
 
 def _inputs(model, images, batch_size: int):
     """``(n, hash, chunks)``: chunks are callables producing prepared (b, C, H, W) tensors."""
-    h = hashlib.sha256()
     if torch.is_tensor(images) or (isinstance(images, np.ndarray) and images.dtype.kind == "f"):
         x = torch.as_tensor(images)
         if x.ndim != 4 or not x.is_floating_point():
             raise ValueError(f"images given as a float tensor must be (B, C, H, W), got "
                              f"{tuple(x.shape)} {x.dtype} (uint8 images go as (B, H, W, 3) arrays)")
-        _hash_array(h, x)
         chunks = [lambda s=s: x[s:s + batch_size] for s in range(0, len(x), batch_size)]
-        return len(x), h.hexdigest(), chunks, None
+        return len(x), digest(x), chunks, None
     prepare = getattr(model, "prepare", None)
     if prepare is None:
         raise ValueError(f"images: uint8 images need a model with a prepare() method "
                          f"(EfficientNetLite0); give {type(model).__name__} a float tensor (B, C, H, W)")
     images = _as_uint8_images(images)
     seq = list(images)
-    for a in seq:
-        _hash_array(h, a)
     chunks = [lambda s=s: prepare(seq[s:s + batch_size] if isinstance(images, list)
                                   else images[s:s + batch_size])
               for s in range(0, len(seq), batch_size)]
     prep = {"size": getattr(model, "input_size", None), "mode": "crop", "crop_pct": 0.875,
             "mean": _as_list(getattr(model, "mean", None)), "std": _as_list(getattr(model, "std", None))}
-    return len(seq), h.hexdigest(), chunks, prep
+    return len(seq), digest(seq), chunks, prep
 
 
 def _as_list(t):
@@ -521,7 +501,7 @@ def extract_features(model: nn.Module, images, *, stride: int | None = None, hea
         meta = {"format": CACHE_FORMAT, "model": f"{type(model).__module__}.{type(model).__qualname__}",
                 "repr": repr(model), "weights": _weights_digest(model), "inputs": input_hash,
                 "n": n, "stride": stride, "head": head, "prepare": prep}
-        key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
+        key = digest(meta)
         path = cache_dir() / "features" / f"{key}.pt"
         cached = _cached_features(path, key, n)
         if cached is not None:
