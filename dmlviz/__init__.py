@@ -15,57 +15,65 @@ S     image side length (square images)
 ====  ==========================================================
 """
 
-from dmlviz.backbones import SmallCNN, efficientnet_lite0, extract_features
-from dmlviz.data import (
-    ImageFolder,
-    LabelledImages,
-    PKSampler,
-    class_disjoint_split,
-    load_digits,
-    load_embeddings,
-    load_photos,
-    make_shapes,
-)
-from dmlviz.imagenet import imagenet_labels
-from dmlviz.losses import HybridLoss, MultiSimilarityLoss, ProxyAnchorLoss, TripletLoss
-from dmlviz.metrics import embedding_space_density, knn, retrieval_metrics, spectral_decay
-from dmlviz.outputs import output_dir, record, recorded, save_figure, save_plotly, set_output_dir
-from dmlviz.train import History, embed, evaluate, fit
-from dmlviz.utils import get_device, seed_everything
+import importlib
+
+_EXPORTS = {  # public name -> the module that defines it (imported on first use)
+    "History": "dmlviz.train",
+    "HybridLoss": "dmlviz.losses",
+    "ImageFolder": "dmlviz.data",
+    "LabelledImages": "dmlviz.data",
+    "MultiSimilarityLoss": "dmlviz.losses",
+    "PKSampler": "dmlviz.data",
+    "ProxyAnchorLoss": "dmlviz.losses",
+    "SmallCNN": "dmlviz.backbones",
+    "TripletLoss": "dmlviz.losses",
+    "class_disjoint_split": "dmlviz.data",
+    "efficientnet_lite0": "dmlviz.backbones",
+    "embed": "dmlviz.train",
+    "embedding_space_density": "dmlviz.metrics",
+    "evaluate": "dmlviz.train",
+    "extract_features": "dmlviz.backbones",
+    "fit": "dmlviz.train",
+    "get_device": "dmlviz.utils",
+    "imagenet_labels": "dmlviz.imagenet",
+    "knn": "dmlviz.metrics",
+    "load_digits": "dmlviz.data",
+    "load_embeddings": "dmlviz.data",
+    "load_photos": "dmlviz.data",
+    "make_shapes": "dmlviz.data",
+    "output_dir": "dmlviz.outputs",
+    "record": "dmlviz.outputs",
+    "recorded": "dmlviz.outputs",
+    "retrieval_metrics": "dmlviz.metrics",
+    "save_figure": "dmlviz.outputs",
+    "save_plotly": "dmlviz.outputs",
+    "seed_everything": "dmlviz.utils",
+    "set_output_dir": "dmlviz.outputs",
+    "spectral_decay": "dmlviz.metrics",
+}
+
+
+def __getattr__(name: str):
+    """Import on first use (PEP 562): a public name from its defining module, or a submodule
+    (``dmlviz.viz``), so ``import dmlviz`` and the ``dmlviz`` command stay light until a
+    tensor function is needed."""
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    else:
+        try:
+            value = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "History",
-    "HybridLoss",
-    "ImageFolder",
-    "LabelledImages",
-    "MultiSimilarityLoss",
-    "PKSampler",
-    "ProxyAnchorLoss",
-    "SmallCNN",
-    "TripletLoss",
-    "class_disjoint_split",
-    "efficientnet_lite0",
-    "embed",
-    "embedding_space_density",
-    "evaluate",
-    "extract_features",
-    "fit",
-    "get_device",
-    "imagenet_labels",
-    "knn",
-    "load_digits",
-    "load_embeddings",
-    "load_photos",
-    "make_shapes",
-    "output_dir",
-    "record",
-    "recorded",
-    "retrieval_metrics",
-    "save_figure",
-    "save_plotly",
-    "seed_everything",
-    "set_output_dir",
-    "spectral_decay",
-]
+__all__ = sorted(_EXPORTS)
