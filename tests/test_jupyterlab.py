@@ -1,0 +1,245 @@
+"""The course in JupyterLab, verified in a real browser.
+
+For every notebook in ``notebooks/`` (discovered at collection time, so new ones are picked up):
+start JupyterLab on localhost (free port, random token, throw-away HOME/config/runtime dirs;
+one server per module), open a copy of the notebook with ``interactive=True, quick=True,
+device="cpu"`` in headless Chromium (Debian's ``chromium`` driven by Playwright; no browser is
+ever downloaded), run all cells, and check that
+
+* no cell raised, within ``DMLVIZ_BROWSER_TIMEOUT`` seconds (default 420) per notebook;
+* the ipywidgets manager is loaded and the explorers render (at least one slider per notebook);
+* moving the first slider of every explorer (arrow key on its handle) redraws what the explorer
+  draws into: its HTML changes and so does its element screenshot; an explorer without a slider
+  gets a warning and, when it has a drop-down, that is changed instead;
+* every plotly figure the notebook shows is drawn by plotly.js with its modebar (interactive).
+
+Screenshots go to the test's ``tmp_path`` and, when ``DMLVIZ_SCREENSHOTS`` is set, are copied
+there too. The kernel uses ``$DMLVIZ_CACHE_DIR`` when set, else a cache private to the module.
+Marked ``browser`` (``--skip-browser`` skips it where Chromium is missing, never in CI) and
+``notebook`` (slow: deselect with ``-m "not notebook"``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+from jupyterlab_driver import (
+    CHROMIUM_ARGS,
+    JupyterLab,
+    LabNotebook,
+    prepare_notebook,
+    strip_ansi,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = ROOT / "notebooks"
+NAMES = sorted(p.stem for p in NOTEBOOK_DIR.glob("*.ipynb") if not p.name.startswith((".", "_")))
+TIMEOUT_S = float(os.environ.get("DMLVIZ_BROWSER_TIMEOUT", "420"))
+REDRAW_TIMEOUT_S = 60
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+
+
+@pytest.fixture(scope="module")
+def lab(chromium, tmp_path_factory):
+    """A JupyterLab server for this module's tests (after the Chromium check)."""
+    base = tmp_path_factory.mktemp("jupyterlab")
+    cache = os.environ.get("DMLVIZ_CACHE_DIR") or str(base / "dmlviz-cache")
+    with JupyterLab(base, extra_env={"DMLVIZ_CACHE_DIR": cache}) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def browser(chromium):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _differs(a: Path, b: Path) -> bool:
+    from PIL import Image, ImageChops
+
+    ia, ib = Image.open(a).convert("RGB"), Image.open(b).convert("RGB")
+    return ia.size != ib.size or ImageChops.difference(ia, ib).getbbox() is not None
+
+
+class Report:
+    """Screenshots and context for failure messages of one notebook."""
+
+    def __init__(self, name: str, lab: JupyterLab, page, tmp_path: Path):
+        self.name, self.lab, self.page, self.dir = name, lab, page, tmp_path
+        self.shots: list[Path] = []
+        self.console: list[str] = []
+        self.state: dict | None = None
+        page.on("pageerror", lambda e: self.console.append(f"page error: {e}"))
+        page.on("console", lambda m: self.console.append(f"console.{m.type}: {m.text}")
+                if m.type == "error" else None)
+
+    def shot(self, label: str, selector: str | None = None) -> Path:
+        path = self.dir / f"{self.name}-{len(self.shots) + 1:02d}-{label}.png"
+        if selector:
+            loc = self.page.locator(selector).first
+            loc.scroll_into_view_if_needed()
+            loc.screenshot(path=str(path), animations="disabled")
+        else:
+            self.page.screenshot(path=str(path))
+        self.shots.append(path)
+        return path
+
+    def cell_errors(self) -> str:
+        lines = []
+        for cell in (self.state or {}).get("cells", []):
+            for err in cell["errors"]:
+                tb = strip_ansi(err["traceback"]).strip().splitlines()
+                lines.append(f"cell {cell['index']} (execution count {cell['count']}) raised "
+                             f"{err['ename']}: {err['evalue']}\n  source: "
+                             + cell["source"].replace("\n", "\n          ")
+                             + "\n  traceback (tail):\n    " + "\n    ".join(tb[-15:]))
+        return "\n".join(lines)
+
+    def fail(self, what: str):
+        try:
+            self.shot("failure")
+        except Exception as exc:  # noqa: BLE001 (the failure message matters more)
+            self.console.append(f"(no failure screenshot: {exc})")
+        parts = [f"{self.name} in JupyterLab: {what}"]
+        if errors := self.cell_errors():
+            parts.append(errors)
+        if self.state:
+            pending = [c["index"] for c in self.state["cells"] if c["count"] is None]
+            parts.append(f"kernel {self.state['kernel']}; run-all: {self.state['run']}; "
+                         f"code cells not executed: {pending}")
+        if self.console:
+            parts.append("browser console:\n  " + "\n  ".join(self.console[-10:]))
+        parts.append(f"screenshots: {', '.join(str(s) for s in self.shots)}")
+        parts.append(f"JupyterLab log ({self.lab.log_path}) tail:\n{self.lab.log_tail(30)}")
+        pytest.fail("\n".join(parts), pytrace=False)
+
+    def export(self) -> None:
+        dest = os.environ.get("DMLVIZ_SCREENSHOTS")
+        if dest:
+            Path(dest).mkdir(parents=True, exist_ok=True)
+            for s in self.shots:
+                if s.exists():
+                    shutil.copy2(s, Path(dest) / s.name)
+
+
+def check_redraw(nb: LabNotebook, rep: Report, explorer: dict, control: str) -> str:
+    """Change ``control`` ("slider" or "dropdown") of ``explorer``; assert the draw area changes."""
+    area = nb.draw_area_selector(explorer)
+    label = f"explorer{explorer['index']}"
+    before_print = nb.fingerprint(area)
+    if before_print is None:
+        rep.fail(f"explorer {explorer['index']} (cell {explorer['cell']}) has no draw area")
+    before_png = rep.shot(f"{label}-before", area)
+    if control == "slider":
+        old, new = nb.move_slider(explorer)
+    else:
+        select = nb.page.locator(nb.explorer_selector(explorer["index"])).locator(
+            ".widget-dropdown select").first
+        options = select.locator("option").all_inner_texts()
+        old = select.input_value()
+        new = next(o for o in options if o != old)
+        select.select_option(label=new)
+    try:
+        nb.wait_changed(area, before_print, REDRAW_TIMEOUT_S)
+        nb.wait_idle(REDRAW_TIMEOUT_S)
+        nb.page.wait_for_timeout(500)  # let the new image decode and lay out
+    except Exception:  # noqa: BLE001 (explained below)
+        rep.fail(f"moving the {control} of explorer {explorer['index']} (cell "
+                 f"{explorer['cell']}) from {old} to {new} did not redraw {area} within "
+                 f"{REDRAW_TIMEOUT_S} s")
+    after_png = rep.shot(f"{label}-after", area)
+    rep.shot(f"{label}-after-whole", nb.explorer_selector(explorer["index"]))
+    if not _differs(before_png, after_png):
+        rep.fail(f"explorer {explorer['index']}: its HTML changed after the {control} moved "
+                 f"({old} -> {new}) but the screenshots are identical: {before_png}, {after_png}")
+    return f"{control} {old}->{new}"
+
+
+@pytest.mark.browser
+@pytest.mark.notebook
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_explorers_work_in_jupyterlab(name, lab, browser, tmp_path, record_property):
+    out_dir = tmp_path / "out"
+    prepare_notebook(NOTEBOOK_DIR / f"{name}.ipynb", lab.root / name / f"{name}.ipynb",
+                     {"quick": True, "device": "cpu", "interactive": True,
+                      "out_dir": str(out_dir)})
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    rep = Report(name, lab, page, tmp_path)
+    nb = LabNotebook(page, lab, f"{name}/{name}.ipynb")
+    t0 = time.monotonic()
+    try:
+        try:
+            nb.open()
+        except Exception as exc:  # noqa: BLE001
+            rep.fail(f"the notebook did not open with a connected idle kernel: {exc}")
+        if not nb.widget_manager():
+            rep.fail("the ipywidgets manager (@jupyter-widgets/jupyterlab-manager) is not "
+                     "loaded: check that jupyterlab_widgets matches ipywidgets 8")
+        t_open = time.monotonic() - t0
+        try:
+            rep.state = nb.run_all(TIMEOUT_S)
+        except TimeoutError as exc:
+            rep.state = nb.state()
+            rep.fail(str(exc))
+        t_run = time.monotonic() - t0 - t_open
+        if rep.state["run"]["error"] or not rep.state["run"]["ok"] or rep.cell_errors():
+            rep.fail("a cell raised while running all cells")
+        nb.save()  # the executed copy stays in the server's root for inspection
+        rep.shot("executed")
+
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+        with contextlib.suppress(PlaywrightTimeout):  # widgets render after the kernel is idle
+            page.wait_for_selector(".jp-OutputArea-output .noUi-handle", timeout=30_000)
+        explorers = nb.explorers()
+        if not explorers:
+            rep.fail("no ipywidgets explorer rendered (with interactive=True)")
+        sliders = [e for e in explorers if e["sliders"]]
+        if not sliders:
+            rep.fail("no explorer has a slider: "
+                     + "; ".join(f"cell {e['cell']}: {e['text']!r}" for e in explorers))
+        moved = []
+        for e in explorers:
+            if e["sliders"]:
+                moved.append(check_redraw(nb, rep, e, "slider"))
+            else:
+                warnings.warn(f"{name}: the explorer in cell {e['cell']} has no slider "
+                              f"({e['dropdowns']} drop-down(s))", stacklevel=1)
+                if e["dropdowns"]:
+                    moved.append(check_redraw(nb, rep, e, "dropdown"))
+
+        plotly_cells = [c["index"] for c in rep.state["cells"] if PLOTLY_MIME in c["mimes"]]
+        plots = page.locator(".jp-OutputArea-output .js-plotly-plot")
+        if plotly_cells:
+            for i in range(plots.count()):
+                plots.nth(i).scroll_into_view_if_needed()
+            if plots.count() < len(plotly_cells):
+                rep.fail(f"cells {plotly_cells} show plotly figures but only {plots.count()} "
+                         "were drawn (is the jupyterlab-plotly extension loaded?)")
+            modebars = page.locator(".jp-OutputArea-output .js-plotly-plot .modebar")
+            if modebars.count() < plots.count():
+                rep.fail(f"{plots.count()} plotly figures but {modebars.count()} modebars")
+            rep.shot("plotly", ".jp-OutputArea-output .js-plotly-plot")
+        t_total = time.monotonic() - t0
+        record_property("seconds", {"open": round(t_open, 1), "run_all": round(t_run, 1),
+                                    "total": round(t_total, 1)})
+        print(f"{name}: open {t_open:.1f} s, run all {t_run:.1f} s, total {t_total:.1f} s; "
+              f"explorers {len(explorers)} ({', '.join(moved)}); plotly figures "
+              f"{plots.count()}; screenshots in {tmp_path}")
+    finally:
+        rep.export()
+        context.close()
+        lab.shutdown_kernels()
