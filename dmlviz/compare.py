@@ -1,0 +1,431 @@
+"""The methods side by side: one benchmark, one backbone, one training budget (notebook 07).
+
+Every method of the course becomes a *head* on the same frozen EfficientNet-Lite0 feature
+maps, trained with the same P×K loop (:func:`dmlviz.train.fit`), the same epochs, batch
+and learning rate, from the same seeds, and evaluated on the same unseen classes:
+
+=============  ==================================================================  ==========
+method         head                                                                loss
+=============  ==================================================================  ==========
+``baseline``   GAP → linear (no attention)                                          MS
+``sa``         self-attention block (CSALR paper's SA baseline, eqs. 1–2) → GAP → linear  MS
+``csalr``      CSALR block (Nyström-compressed self-attention, eq. 17) → GAP → linear  MS
+``soa``        global + local heads with second-order attention (eqs. 1–4)          hybrid (eq. 7)
+``crt``        coded residual transform over learned prototypes (eqs. 1–2)          MS
+``aia``        attention in attention with the Gaussian (RFF) kernel (eqs. 13–17) → GAP → linear  MS
+=============  ==================================================================  ==========
+
+Choices (the notebook states them next to the table):
+
+* One tap for every single-map head: the stride-16 map (112 channels); ``soa`` also gets the
+  stride-32 map, since two scales are what that method is about.
+* Each method keeps the loss its paper pairs it with where that loss is a *loss*
+  (``soa``: MS + 0.03·Proxy-Anchor); regularisers that need the model's internals (CRT's
+  diversity and consistency terms, CSALR's deep supervision) are left out so that every
+  head trains through the same ``loss(embeddings, labels)`` call — their own notebooks
+  (02, 04) measure those terms.
+* Neighbour refinement (notebook 06) is not a head: it is trained on top of the frozen
+  embeddings of the best head (by mean Recall@1) and reported as one more row.
+* Costs (parameters, FLOPs, images/s, peak memory) are of the head alone at one input, on
+  the device in use, measured in the same run (:mod:`dmlviz.cost`); the frozen backbone is
+  shared by all rows and not counted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dmlviz.checks import check_int, check_labels
+
+__all__ = ["MEAN_STD_METRICS", "METHODS", "Benchmark", "Method", "build_method", "comparison_table",
+           "embed_maps", "embedding_metrics", "load_benchmark", "method_costs",
+           "paired_differences", "refine_on_top", "run_benchmark", "summarise", "train_method",
+           "verdict"]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the comparison.
+
+    Attributes:
+        label: the name shown in tables and figures.
+        paper: where the method comes from (and the notebook that teaches it).
+        two_maps: the head takes ``(local, global)`` maps instead of the local map alone.
+        loss: ``"ms"`` or ``"hybrid"``.
+    """
+
+    label: str
+    paper: str
+    two_maps: bool = False
+    loss: str = "ms"
+
+
+METHODS: dict[str, Method] = {
+    "baseline": Method("baseline (GAP + linear)", "notebook 00"),
+    "sa": Method("+ self-attention", "CSALR paper's SA baseline, notebook 02"),
+    "csalr": Method("+ CSALR", "Chen et al. IJCAI-20, notebook 02"),
+    "soa": Method("global/local + SOA, hybrid loss", "Ebrahimpour et al. WACV-22, notebook 03",
+                  two_maps=True, loss="hybrid"),
+    "crt": Method("+ CRT", "Kan et al. NeurIPS-22, notebook 04"),
+    "aia": Method("+ AiA (Gaussian)", "Fang et al. TPAMI, notebook 05"),
+}
+
+MEAN_STD_METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision",
+                    "nmi", "density", "spectral_decay")
+
+
+@dataclass
+class Benchmark:
+    """One class-disjoint benchmark on frozen backbone maps.
+
+    Attributes:
+        name: ``"shapes"``, ``"digits"`` or the user's folder.
+        train_maps, test_maps: ``(local (N, 112, H, W), global (N, 320, H', W'))`` maps of the
+            training classes and of the unseen test classes.
+        train_labels, test_labels: ``(N,)`` class ids (training ids are ``0 … C−1``).
+    """
+
+    name: str
+    train_maps: tuple[torch.Tensor, torch.Tensor]
+    train_labels: torch.Tensor
+    test_maps: tuple[torch.Tensor, torch.Tensor]
+    test_labels: torch.Tensor
+
+    def describe(self) -> str:
+        local, glob = self.train_maps
+        return (f"{self.name}: {len(self.train_labels)} training images of "
+                f"{len(self.train_labels.unique())} classes, {len(self.test_labels)} test images of "
+                f"{len(self.test_labels.unique())} unseen classes; local map "
+                f"{tuple(local.shape[1:])}, global map {tuple(glob.shape[1:])}")
+
+
+def _per_class(labels: torch.Tensor, per_class: int | None, seed: int) -> torch.Tensor:
+    """Indices of at most ``per_class`` random samples of every class (all when None)."""
+    if per_class is None:
+        return torch.arange(len(labels))
+    gen = torch.Generator().manual_seed(seed)
+    keep = [idx[torch.randperm(len(idx), generator=gen)[:per_class]]
+            for idx in (torch.nonzero(labels == c).flatten() for c in labels.unique())]
+    return torch.cat(keep).sort().values
+
+
+def load_benchmark(dataset: str, backbone: nn.Module, *, per_class: int | None = 20,
+                   seed: int = 0, input_size: int = 128, device: str | torch.device = "auto",
+                   progress: bool = True) -> Benchmark:
+    """Images → frozen EfficientNet-Lite0 maps (disk-cached) → class-disjoint split.
+
+    Args:
+        dataset: ``"shapes"`` (48 procedural classes, :func:`dmlviz.data.make_shapes`),
+            ``"digits"`` (scikit-learn's 10 digit classes) or the path of a folder with one
+            sub-folder per class (:class:`dmlviz.data.ImageFolder`).
+        backbone: an :class:`dmlviz.backbones.EfficientNetLite0`.
+        per_class: images per class (shapes are generated with this many; digits and folders
+            are subsampled at random); None keeps every image of digits and folders.
+        seed: seed of the shapes and of the subsample.
+        input_size: images are resized (whole image, no crop) to this side.
+        device, progress: of the feature extraction.
+    """
+    from pathlib import Path
+
+    from dmlviz.attention.second_order import local_global_maps
+    from dmlviz.data import ImageFolder, class_disjoint_split, load_digits, make_shapes
+
+    if dataset == "shapes":
+        data = make_shapes(num_classes=48, per_class=per_class or 40, size=64, seed=seed)
+    elif dataset == "digits":
+        data = load_digits()
+    elif Path(dataset).is_dir():
+        data = ImageFolder(dataset).load(size=input_size)
+    else:
+        raise FileNotFoundError(f"dataset must be 'shapes', 'digits' or an existing folder with "
+                                f"one sub-folder per class, got {dataset!r}")
+    if dataset != "shapes":
+        data = data.subset(_per_class(data.labels, per_class, seed))
+    train_idx, test_idx = class_disjoint_split(data.labels)
+    images = backbone.prepare(data.as_uint8(), mode="resize", size=input_size)
+    local, glob = local_global_maps(backbone, images, device=device, progress=progress)
+    train_labels = data.labels[train_idx]
+    _, train_labels = train_labels.unique(return_inverse=True)  # ids 0 … C−1
+    return Benchmark(Path(dataset).name if dataset not in ("shapes", "digits") else dataset,
+                     (local[train_idx], glob[train_idx]), train_labels,
+                     (local[test_idx], glob[test_idx]), data.labels[test_idx])
+
+
+def _check_method(name: str) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"method must be one of {tuple(METHODS)}, got {name!r}")
+    return METHODS[name]
+
+
+def build_method(name: str, local_channels: int, global_channels: int, embedding_dim: int,
+                 num_classes: int, *, grid: tuple[int, int] = (8, 8),
+                 options: Mapping[str, Mapping] | None = None) -> tuple[nn.Module, nn.Module]:
+    """The head and the loss of method ``name``, freshly initialised (seed before calling).
+
+    Args:
+        name: a key of :data:`METHODS`.
+        local_channels: channels of the stride-16 map (112 for EfficientNet-Lite0).
+        global_channels: channels of the stride-32 map (320), used by ``soa`` only.
+        embedding_dim: ``D``.
+        num_classes: training classes (Proxy-Anchor proxies of the hybrid loss).
+        grid: ``(H, W)`` of the local map; CSALR takes ``H/2 × W/2`` landmarks from it.
+        options: per-method keyword overrides, e.g. ``{"soa": {"zeta": 0.01}}``.
+
+    Returns:
+        ``(head, loss)``: the head maps the local map ``(B, C, H, W)`` — or the pair
+        ``(local, global)`` for ``soa`` — to unit embeddings ``(B, D)``.
+    """
+    from dmlviz.attention.aia import AttentionEmbedder, KernelAttention
+    from dmlviz.attention.second_order import GlobalLocalEmbedder, make_loss
+
+    method = _check_method(name)
+    check_int(embedding_dim, "embedding_dim", 2)
+    opts = dict((options or {}).get(name, {}))
+    c = check_int(local_channels, "local_channels", 1)
+    if name == "baseline":
+        head = AttentionEmbedder(c, embedding_dim, None)
+    elif name == "sa":
+        from dmlviz.attention.csalr import SelfAttention
+
+        head = AttentionEmbedder(c, embedding_dim, SelfAttention(c, **opts))
+    elif name == "csalr":
+        from dmlviz.attention.csalr import CSALR
+
+        opts.setdefault("landmarks", (max(1, grid[0] // 2), max(1, grid[1] // 2)))
+        head = AttentionEmbedder(c, embedding_dim, CSALR(c, **opts))
+    elif name == "soa":
+        opts.setdefault("zeta", 0.01)  # notebook 03, section 1: ζ = 1 saturates on these maps
+        head = GlobalLocalEmbedder(c, check_int(global_channels, "global_channels", 1),
+                                   embedding_dim, **opts)
+    elif name == "crt":
+        from dmlviz.attention.crt import CodedResidualTransform
+
+        opts.setdefault("num_prototypes", 16)
+        head = CodedResidualTransform(c, embedding_dim=embedding_dim, **opts)
+    else:  # aia
+        head = AttentionEmbedder(c, embedding_dim, KernelAttention(c, "gaussian", **opts))
+    return head, make_loss(method.loss, num_classes, embedding_dim)
+
+
+def _inputs(name: str, maps: tuple[torch.Tensor, torch.Tensor]):
+    return tuple(maps) if METHODS[name].two_maps else maps[0]
+
+
+def train_method(name: str, train_maps: tuple[torch.Tensor, torch.Tensor],
+                 train_labels: torch.Tensor, *, embedding_dim: int = 64, seed: int = 0,
+                 epochs: int = 10, p: int = 8, k: int = 4, lr: float = 1e-3,
+                 proxy_lr: float = 1e-1, device: str | torch.device = "auto",
+                 options: Mapping[str, Mapping] | None = None, progress: bool = False):
+    """Build method ``name`` from ``seed`` and train it (:func:`dmlviz.train.fit`).
+
+    Args:
+        name: a key of :data:`METHODS`.
+        train_maps: ``(local (N, C, H, W), global (N, C', H', W'))`` frozen backbone maps.
+        train_labels: ``(N,)`` class ids in ``[0, num_classes)``.
+        embedding_dim, seed, epochs, p, k, lr, device, progress: as for :func:`dmlviz.train.fit`
+            (identical for every method: one training budget).
+        proxy_lr: learning rate of Proxy-Anchor proxies (``soa`` only).
+        options: per-method keyword overrides for :func:`build_method`.
+
+    Returns:
+        ``(head, history)``: the trained head (eval mode) and its :class:`dmlviz.train.History`.
+    """
+    from dmlviz.train import fit
+    from dmlviz.utils import seed_everything
+
+    _check_method(name)
+    train_labels = check_labels(train_labels, "train_labels")
+    local, glob = _check_maps(train_maps, "train_maps")
+    seed_everything(seed)
+    head, loss = build_method(name, local.shape[1], glob.shape[1], embedding_dim,
+                              int(train_labels.max()) + 1, grid=tuple(local.shape[2:]),
+                              options=options)
+    history = fit(head, loss, _inputs(name, (local, glob)), train_labels, epochs=epochs, p=p,
+                  k=k, lr=lr, loss_lr=proxy_lr, eval_every=epochs, seed=seed, device=device,
+                  progress=progress)
+    return head.eval(), history
+
+
+def embed_maps(name: str, head: nn.Module, maps: tuple[torch.Tensor, torch.Tensor],
+               device: str | torch.device = "auto") -> torch.Tensor:
+    """Embeddings ``(N, D)`` of ``maps`` by a trained head of method ``name`` (CPU)."""
+    from dmlviz.train import embed
+
+    _check_method(name)
+    return embed(head, _inputs(name, _check_maps(maps, "maps")), device=device)
+
+
+def _check_maps(maps, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if (not isinstance(maps, (tuple, list)) or len(maps) != 2
+            or not all(torch.is_tensor(m) and m.ndim == 4 for m in maps)
+            or len(maps[0]) != len(maps[1])):
+        raise ValueError(f"{name} must be a pair (local (N, C, H, W), global (N, C', H', W')) "
+                         f"of equal length N, got {type(maps).__name__}")
+    return maps[0], maps[1]
+
+
+def refine_on_top(train_embeddings: torch.Tensor, train_labels: torch.Tensor,
+                  test_embeddings: torch.Tensor, *, k: int = 8, num_blocks: int = 2,
+                  epochs: int = 10, seed: int = 0, device: str | torch.device = "auto"):
+    """Neighbour refinement (notebook 06) trained on one head's frozen training embeddings
+    and applied to its test gallery: returns ``(refined test embeddings (M, D), refiner)``."""
+    from dmlviz.attention.refine import fit_refiner, refine_embeddings
+
+    p = min(8, len(torch.as_tensor(train_labels).unique()))
+    refiner, _ = fit_refiner(train_embeddings, train_labels, k=k, num_blocks=num_blocks,
+                             epochs=epochs, p=p, seed=seed, device=device, progress=False)
+    return refine_embeddings(refiner, test_embeddings, k, device=device), refiner
+
+
+def method_costs(names: Sequence[str], local_shape: tuple[int, int, int],
+                 global_shape: tuple[int, int, int], *, embedding_dim: int = 64,
+                 num_classes: int = 24, batch_size: int = 32, repeats: int = 5,
+                 device: str | torch.device = "auto", options: Mapping[str, Mapping] | None = None):
+    """:class:`dmlviz.cost.ModuleCost` of each method's head at one input size.
+
+    Args:
+        names: keys of :data:`METHODS`.
+        local_shape, global_shape: ``(C, H, W)`` of one image's maps.
+        embedding_dim, num_classes, options: as for :func:`build_method`.
+        batch_size, repeats, device: as for :func:`dmlviz.cost.module_cost`.
+
+    Returns:
+        ``{name: ModuleCost}``.
+    """
+    from dmlviz.cost import module_cost
+
+    out = {}
+    for name in names:
+        head, _ = build_method(name, local_shape[0], global_shape[0], embedding_dim, num_classes,
+                               grid=tuple(local_shape[1:]), options=options)
+        shape = (tuple(local_shape), tuple(global_shape)) if METHODS[name].two_maps \
+            else tuple(local_shape)
+        out[name] = module_cost(head, shape, batch_size=batch_size, repeats=repeats,
+                                device=device)
+    return out
+
+
+def embedding_metrics(embeddings: torch.Tensor, labels: torch.Tensor, *,
+                      seed: int = 0) -> dict[str, float]:
+    """Every column of the comparison table for one gallery: Recall@1/2/4/8, MAP@R,
+    R-precision, NMI (:func:`dmlviz.metrics.retrieval_metrics`), embedding-space density and
+    spectral decay (:mod:`dmlviz.metrics`; the CRT paper's generalisation measures)."""
+    from dmlviz.metrics import embedding_space_density, retrieval_metrics, spectral_decay
+
+    out = retrieval_metrics(embeddings, labels, seed=seed)
+    out["density"] = float(embedding_space_density(embeddings, labels))
+    out["spectral_decay"] = float(spectral_decay(embeddings))
+    return out
+
+
+def summarise(per_seed: Mapping[str, Sequence[Mapping[str, float]]],
+              metrics: Sequence[str] = MEAN_STD_METRICS) -> dict[str, dict[str, tuple[float, float]]]:
+    """Mean and standard deviation over seeds: ``{row: {metric: (mean, std)}}``.
+
+    ``std`` is the sample standard deviation (``ddof = 1``); with one seed it is ``nan``, so
+    a table never shows a spread that was not measured.
+    """
+    out = {}
+    for row, runs in per_seed.items():
+        if not runs:
+            raise ValueError(f"per_seed[{row!r}] is empty: every row needs at least one seed")
+        out[row] = {}
+        for metric in metrics:
+            values = torch.tensor([float(r[metric]) for r in runs], dtype=torch.float64)
+            std = values.std().item() if len(values) > 1 else math.nan
+            out[row][metric] = (values.mean().item(), std)
+    return out
+
+
+def comparison_table(summary: Mapping[str, Mapping[str, tuple[float, float]]],
+                     costs: Mapping[str, object] | None = None,
+                     labels: Mapping[str, str] | None = None) -> str:
+    """The comparison as a Markdown table: ``mean ± std`` per metric (``mean`` alone with one
+    seed), then parameters, MFLOPs, images/s and peak MiB of the head when ``costs`` has it."""
+    if not summary:
+        raise ValueError("summary is empty: nothing to tabulate")
+    metrics = list(next(iter(summary.values())))
+    cost_cols = ["params", "MFLOPs", "img/s", "peak MiB"] if costs else []
+    lines = ["| method | " + " | ".join(metrics + cost_cols) + " |",
+             "|---" * (1 + len(metrics) + len(cost_cols)) + "|"]
+    for row, values in summary.items():
+        cells = [f"{m:.3f}" if math.isnan(s) else f"{m:.3f} ± {s:.3f}"
+                 for m, s in (values[metric] for metric in metrics)]
+        if costs:
+            c = costs.get(row)
+            cells += (["–"] * 4 if c is None else
+                      [f"{c.parameters:,}", f"{c.flops / 1e6:.2f}", f"{c.images_per_second:,.0f}",
+                       f"{c.peak_memory_bytes / 2**20:.2f}"])
+        lines.append(f"| {(labels or {}).get(row, row)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_benchmark(bench: Benchmark, methods: Sequence[str], seeds: Sequence[int], *,
+                  embedding_dim: int = 64, epochs: int = 10, device: str | torch.device = "auto",
+                  options: Mapping[str, Mapping] | None = None, progress: bool = True):
+    """Train and evaluate every method with every seed on one benchmark.
+
+    Batches hold P = min(8, training classes) classes × 4 images (digits have only 5
+    training classes), the same for every method.
+
+    Returns:
+        ``(per_seed, embeddings)``: ``{method: [embedding_metrics(...) per seed]}`` and
+        ``{method: [(train embeddings, test embeddings) per seed]}`` (CPU tensors).
+    """
+    from tqdm.auto import tqdm
+
+    for name in methods:
+        _check_method(name)
+    if not seeds:
+        raise ValueError("seeds must name at least one seed")
+    per_seed = {name: [] for name in methods}
+    embeddings = {name: [] for name in methods}
+    jobs = [(name, s) for s in seeds for name in methods]
+    p = min(8, len(bench.train_labels.unique()))
+    for name, s in tqdm(jobs, desc=f"{bench.name}: methods × seeds", disable=not progress):
+        head, _ = train_method(name, bench.train_maps, bench.train_labels,
+                               embedding_dim=embedding_dim, seed=s, epochs=epochs, p=p,
+                               device=device, options=options)
+        train_emb = embed_maps(name, head, bench.train_maps, device=device)
+        test_emb = embed_maps(name, head, bench.test_maps, device=device)
+        per_seed[name].append(embedding_metrics(test_emb, bench.test_labels, seed=s))
+        embeddings[name].append((train_emb, test_emb))
+    return per_seed, embeddings
+
+
+def paired_differences(per_seed: Mapping[str, Sequence[Mapping[str, float]]], a: str, b: str,
+                       metric: str = "recall@1") -> list[float]:
+    """``metric(a) − metric(b)`` seed by seed (same seed: same batches and initial state of
+    the shared parts, so the pairing removes part of the seed noise)."""
+    for row in (a, b):
+        if row not in per_seed:
+            raise ValueError(f"row {row!r} is not in the results; rows: {tuple(per_seed)}")
+    return [float(x[metric]) - float(y[metric]) for x, y in zip(per_seed[a], per_seed[b],
+                                                                  strict=True)]
+
+
+def verdict(diffs: Sequence[float], claim: str = "higher") -> str:
+    """A plain-words verdict on a claimed direction from paired per-seed differences.
+
+    ``"reproduced"`` when every seed's difference has the claimed sign (``claim`` is
+    ``"higher"`` or ``"lower"``), ``"reversed"`` when every seed has the opposite sign,
+    otherwise ``"not established (mixed signs over seeds)"``; the number of seeds is part of
+    the sentence, since two seeds agreeing is weak evidence.
+    """
+    if claim not in ("higher", "lower"):
+        raise ValueError(f"claim must be 'higher' or 'lower', got {claim!r}")
+    if not diffs:
+        raise ValueError("diffs is empty: need at least one seed")
+    sign = 1 if claim == "higher" else -1
+    n = len(diffs)
+    if all(sign * d > 0 for d in diffs):
+        return f"reproduced on {n}/{n} seeds"
+    if all(sign * d < 0 for d in diffs):
+        return f"reversed on {n}/{n} seeds"
+    agree = sum(sign * d > 0 for d in diffs)
+    return f"not established ({agree}/{n} seeds in the claimed direction)"

@@ -1,0 +1,109 @@
+"""dmlviz.compare (notebook 07): the heads, one training budget, the summary and the verdicts."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+import pytest
+import torch
+
+from dmlviz import compare
+from dmlviz.viz.comparison import plot_comparison
+
+matplotlib.use("Agg")
+
+LOCAL, GLOBAL = (16, 4, 4), (24, 2, 2)
+
+
+def _maps(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, *LOCAL, generator=gen), torch.randn(n, *GLOBAL, generator=gen)
+
+
+@pytest.mark.parametrize("name", list(compare.METHODS))
+def test_every_head_maps_to_unit_embeddings(name):
+    torch.manual_seed(0)
+    head, loss = compare.build_method(name, LOCAL[0], GLOBAL[0], 8, num_classes=3,
+                                      grid=LOCAL[1:])
+    maps = _maps(5)
+    emb = compare.embed_maps(name, head, maps, device="cpu")
+    assert emb.shape == (5, 8)
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(5), atol=1e-5, rtol=0)
+    labels = torch.tensor([0, 0, 1, 1, 2])
+    assert torch.isfinite(loss(head(*maps) if compare.METHODS[name].two_maps
+                               else head(maps[0]), labels))
+
+
+def test_unknown_method_and_bad_maps_are_rejected():
+    with pytest.raises(ValueError, match="method must be one of"):
+        compare.build_method("transformer", 16, 24, 8, 3)
+    with pytest.raises(ValueError, match="must be a pair"):
+        compare.embed_maps("baseline", torch.nn.Identity(), torch.zeros(2, *LOCAL))
+
+
+def test_train_method_learns_a_separable_problem():
+    """Four classes whose local maps differ by a class-specific mean: training must raise
+    Recall@1 on held-out samples of the same classes well above the untrained head's."""
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(4).repeat_interleave(12)
+    centres = torch.randn(4, LOCAL[0], 1, 1, generator=gen)
+    local = 0.1 * centres[labels] + torch.randn(len(labels), *LOCAL, generator=gen)
+    glob = torch.randn(len(labels), *GLOBAL, generator=gen)
+    torch.manual_seed(0)
+    untrained, _ = compare.build_method("baseline", LOCAL[0], GLOBAL[0], 8, 4)
+    before = compare.embedding_metrics(
+        compare.embed_maps("baseline", untrained, (local, glob), device="cpu"), labels)
+    head, history = compare.train_method("baseline", (local, glob), labels, embedding_dim=8,
+                                         epochs=15, p=4, k=4, lr=1e-2, device="cpu")
+    assert len(history.loss) == 15
+    assert not head.training
+    emb = compare.embed_maps("baseline", head, (local, glob), device="cpu")
+    after = compare.embedding_metrics(emb, labels)
+    assert before["recall@1"] < 0.5 and after["recall@1"] > before["recall@1"] + 0.25
+
+
+def test_summarise_mean_std_and_single_seed_nan():
+    runs = {"a": [{"recall@1": 0.5}, {"recall@1": 0.7}], "b": [{"recall@1": 0.4}]}
+    s = compare.summarise(runs, metrics=("recall@1",))
+    mean, std = s["a"]["recall@1"]
+    assert mean == pytest.approx(0.6) and std == pytest.approx(math.sqrt(0.02))
+    assert s["b"]["recall@1"][0] == pytest.approx(0.4) and math.isnan(s["b"]["recall@1"][1])
+    with pytest.raises(ValueError, match="at least one seed"):
+        compare.summarise({"c": []})
+    table = compare.comparison_table(s)
+    assert "0.600 ± 0.141" in table and "| b | 0.400 |" in table
+
+
+def test_paired_differences_and_verdicts():
+    runs = {"a": [{"m": 0.6}, {"m": 0.5}], "b": [{"m": 0.5}, {"m": 0.55}]}
+    assert compare.paired_differences(runs, "a", "b", "m") == pytest.approx([0.1, -0.05])
+    with pytest.raises(ValueError, match="not in the results"):
+        compare.paired_differences(runs, "a", "c", "m")
+    assert compare.verdict([0.1, 0.2]) == "reproduced on 2/2 seeds"
+    assert compare.verdict([0.1, 0.2], "lower") == "reversed on 2/2 seeds"
+    assert compare.verdict([0.1, -0.05]).startswith("not established (1/2")
+    with pytest.raises(ValueError, match="'higher' or 'lower'"):
+        compare.verdict([0.1], "bigger")
+
+
+def test_method_costs_counts_the_head_alone():
+    costs = compare.method_costs(["baseline"], LOCAL, GLOBAL, embedding_dim=8, repeats=1,
+                                 batch_size=2, device="cpu")
+    assert costs["baseline"].parameters == LOCAL[0] * 8 + 8  # the linear layer
+    fig = plot_comparison(compare.summarise({"baseline": [{"recall@1": 0.5, "map@r": 0.2,
+                                                           "nmi": 0.6}]},
+                                            metrics=("recall@1", "map@r", "nmi")), costs)
+    assert len(fig.axes) == 2
+
+
+def test_missing_dataset_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="'shapes', 'digits' or an existing folder"):
+        compare.load_benchmark(str(tmp_path / "nope"), backbone=None)
+
+
+def test_per_class_subsample_keeps_every_class():
+    labels = torch.arange(3).repeat_interleave(10)
+    idx = compare._per_class(labels, 4, seed=0)
+    assert torch.bincount(labels[idx]).tolist() == [4, 4, 4]
+    assert len(compare._per_class(labels, None, seed=0)) == 30
