@@ -37,6 +37,8 @@ from jupyterlab_driver import (
     strip_ansi,
 )
 
+pytestmark = [pytest.mark.browser, pytest.mark.notebook]
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
 NAMES = sorted(p.stem for p in NOTEBOOK_DIR.glob("*.ipynb") if not p.name.startswith((".", "_")))
@@ -134,7 +136,8 @@ class Report:
                     shutil.copy2(s, Path(dest) / s.name)
 
 
-def check_redraw(nb: LabNotebook, rep: Report, explorer: dict, control: str) -> str:
+def check_redraw(nb: LabNotebook, rep: Report, explorer: dict, control: str,
+                 timeout_s: float = REDRAW_TIMEOUT_S) -> str:
     """Change ``control`` ("slider" or "dropdown") of ``explorer``; assert the draw area changes."""
     area = nb.draw_area_selector(explorer)
     label = f"explorer{explorer['index']}"
@@ -152,13 +155,13 @@ def check_redraw(nb: LabNotebook, rep: Report, explorer: dict, control: str) -> 
         new = next(o for o in options if o != old)
         select.select_option(label=new)
     try:
-        nb.wait_changed(area, before_print, REDRAW_TIMEOUT_S)
-        nb.wait_idle(REDRAW_TIMEOUT_S)
+        nb.wait_changed(area, before_print, timeout_s)
+        nb.wait_idle(timeout_s)
         nb.page.wait_for_timeout(500)  # let the new image decode and lay out
     except Exception:  # noqa: BLE001 (explained below)
         rep.fail(f"moving the {control} of explorer {explorer['index']} (cell "
                  f"{explorer['cell']}) from {old} to {new} did not redraw {area} within "
-                 f"{REDRAW_TIMEOUT_S} s")
+                 f"{timeout_s:.0f} s")
     after_png = rep.shot(f"{label}-after", area)
     rep.shot(f"{label}-after-whole", nb.explorer_selector(explorer["index"]))
     if not _differs(before_png, after_png):
@@ -167,14 +170,13 @@ def check_redraw(nb: LabNotebook, rep: Report, explorer: dict, control: str) -> 
     return f"{control} {old}->{new}"
 
 
-@pytest.mark.browser
-@pytest.mark.notebook
-@pytest.mark.parametrize("name", NAMES)
-def test_notebook_explorers_work_in_jupyterlab(name, lab, browser, tmp_path, record_property):
-    out_dir = tmp_path / "out"
-    prepare_notebook(NOTEBOOK_DIR / f"{name}.ipynb", lab.root / name / f"{name}.ipynb",
+def exercise(src: Path, name: str, lab: JupyterLab, browser, tmp_path: Path,
+             redraw_timeout_s: float = REDRAW_TIMEOUT_S) -> dict:
+    """Open a copy of ``src`` in JupyterLab, run it with ``interactive=True``, move the
+    explorers' controls and check the plotly figures; ``pytest.fail`` with the story if not."""
+    prepare_notebook(src, lab.root / name / f"{name}.ipynb",
                      {"quick": True, "device": "cpu", "interactive": True,
-                      "out_dir": str(out_dir)})
+                      "out_dir": str(tmp_path / "out")})
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     rep = Report(name, lab, page, tmp_path)
@@ -207,39 +209,100 @@ def test_notebook_explorers_work_in_jupyterlab(name, lab, browser, tmp_path, rec
         explorers = nb.explorers()
         if not explorers:
             rep.fail("no ipywidgets explorer rendered (with interactive=True)")
-        sliders = [e for e in explorers if e["sliders"]]
-        if not sliders:
+        if not any(e["sliders"] for e in explorers):
             rep.fail("no explorer has a slider: "
                      + "; ".join(f"cell {e['cell']}: {e['text']!r}" for e in explorers))
-        moved = []
+        moved, no_slider = [], []
         for e in explorers:
             if e["sliders"]:
-                moved.append(check_redraw(nb, rep, e, "slider"))
-            else:
-                warnings.warn(f"{name}: the explorer in cell {e['cell']} has no slider "
-                              f"({e['dropdowns']} drop-down(s))", stacklevel=1)
-                if e["dropdowns"]:
-                    moved.append(check_redraw(nb, rep, e, "dropdown"))
+                moved.append(check_redraw(nb, rep, e, "slider", redraw_timeout_s))
+                continue
+            no_slider.append(e["cell"])
+            warnings.warn(f"{name}: the explorer in cell {e['cell']} has no slider "
+                          f"({e['dropdowns']} drop-down(s))", stacklevel=2)
+            if e["dropdowns"]:
+                moved.append(check_redraw(nb, rep, e, "dropdown", redraw_timeout_s))
 
         plotly_cells = [c["index"] for c in rep.state["cells"] if PLOTLY_MIME in c["mimes"]]
-        plots = page.locator(".jp-OutputArea-output .js-plotly-plot")
-        if plotly_cells:
-            for i in range(plots.count()):
-                plots.nth(i).scroll_into_view_if_needed()
-            if plots.count() < len(plotly_cells):
-                rep.fail(f"cells {plotly_cells} show plotly figures but only {plots.count()} "
-                         "were drawn (is the jupyterlab-plotly extension loaded?)")
-            modebars = page.locator(".jp-OutputArea-output .js-plotly-plot .modebar")
-            if modebars.count() < plots.count():
-                rep.fail(f"{plots.count()} plotly figures but {modebars.count()} modebars")
-            rep.shot("plotly", ".jp-OutputArea-output .js-plotly-plot")
+        plots = page.locator(".jp-Notebook .js-plotly-plot")  # plotly.js drew these
+        n_plots = plots.count()
+        for i in range(n_plots):
+            plots.nth(i).scroll_into_view_if_needed()
+        if n_plots < len(plotly_cells):
+            rep.fail(f"cells {plotly_cells} show plotly figures but only {n_plots} were drawn "
+                     "(is the jupyterlab-plotly extension loaded?)")
+        without = [i for i in range(n_plots) if not plots.nth(i).locator(".modebar").count()]
+        if without:
+            rep.fail(f"plotly figures {without} (of {n_plots}) have no modebar")
+        if n_plots:
+            rep.shot("plotly", ".jp-Notebook .js-plotly-plot")
         t_total = time.monotonic() - t0
-        record_property("seconds", {"open": round(t_open, 1), "run_all": round(t_run, 1),
-                                    "total": round(t_total, 1)})
-        print(f"{name}: open {t_open:.1f} s, run all {t_run:.1f} s, total {t_total:.1f} s; "
-              f"explorers {len(explorers)} ({', '.join(moved)}); plotly figures "
-              f"{plots.count()}; screenshots in {tmp_path}")
+        summary = {"open_s": round(t_open, 1), "run_all_s": round(t_run, 1),
+                   "total_s": round(t_total, 1), "explorers": len(explorers), "moved": moved,
+                   "explorers_without_slider_in_cells": no_slider, "plotly_figures": n_plots,
+                   "screenshots": str(tmp_path)}
+        print(f"{name}: {summary}")
+        return summary
     finally:
         rep.export()
         context.close()
         lab.shutdown_kernels()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_explorers_work_in_jupyterlab(name, lab, browser, tmp_path, record_property):
+    summary = exercise(NOTEBOOK_DIR / f"{name}.ipynb", name, lab, browser, tmp_path)
+    record_property("jupyterlab", summary)
+
+
+# ------------------------------------------------------------ the checker checks (small notebooks)
+
+EXPLORER = """import ipywidgets as widgets
+import matplotlib.pyplot as plt
+from IPython.display import display
+
+def explorer(redraws=True):
+    out = widgets.Output()
+    slider = widgets.IntSlider(value=1, min=1, max=5, description="slope")
+
+    def redraw(change=None):
+        with out:
+            out.clear_output(wait=True)
+            fig, ax = plt.subplots(figsize=(3, 2))
+            ax.plot(range(10), [slider.value * i for i in range(10)])
+            ax.set_ylim(0, 45)
+            display(fig)
+            plt.close(fig)
+
+    if redraws:
+        slider.observe(redraw, names="value")
+    redraw()
+    return widgets.VBox([slider, out])"""
+PLOTLY = """import plotly.graph_objects as go
+go.Figure(go.Scatter(x=[1, 2, 3, 4], y=[3, 1, 2, 4])).show()"""
+
+
+def test_checker_passes_a_working_explorer_and_plotly_figure(notebook_factory, lab, browser,
+                                                             tmp_path):
+    src = notebook_factory(tmp_path / "ok.ipynb", [EXPLORER, PLOTLY,
+                                                   "if interactive:\n    display(explorer())"])
+    summary = exercise(src, "selftest_ok", lab, browser, tmp_path)
+    assert summary["moved"] == ["slider 1.0->2.0"] and summary["plotly_figures"] == 1
+
+
+def test_checker_fails_an_explorer_that_does_not_redraw(notebook_factory, lab, browser,
+                                                        tmp_path):
+    src = notebook_factory(tmp_path / "stuck.ipynb",
+                           [EXPLORER, "display(explorer(redraws=False))"])
+    with pytest.raises(pytest.fail.Exception, match="did not redraw"):
+        exercise(src, "selftest_stuck", lab, browser, tmp_path, redraw_timeout_s=3)
+
+
+def test_checker_names_the_cell_that_raised(notebook_factory, lab, browser, tmp_path):
+    src = notebook_factory(tmp_path / "bad.ipynb", ["x = 1", "x / 0", "x = 2"])
+    with pytest.raises(pytest.fail.Exception) as info:
+        exercise(src, "selftest_bad", lab, browser, tmp_path)
+    msg = str(info.value)
+    assert "selftest_bad in JupyterLab: a cell raised" in msg
+    assert "cell 3 (execution count 3) raised ZeroDivisionError" in msg
+    assert "code cells not executed: [4]" in msg and "JupyterLab log" in msg
