@@ -210,15 +210,17 @@ def test_object_share():
         object_share(energy, fraction[:, :3])
 
 
-def test_fit_attention_head_runs_and_is_reproducible():
+def test_fit_attention_head_builds_the_variant_and_trains_it():
     g = torch.Generator().manual_seed(0)
     maps = torch.randn(32, 8, 3, 3, generator=g)
     labels = torch.arange(8).repeat_interleave(4)
-    kw = dict(embedding_dim=4, epochs=1, p=4, k=4, device="cpu", reduction=2, rff_dim=4)
-    m1, h1 = fit_attention_head("gau", maps, labels, maps, labels, seed=1, **kw)
-    _, h2 = fit_attention_head("gau", maps, labels, maps, labels, seed=1, **kw)
-    assert isinstance(m1, AttentionEmbedder) and not m1.training
-    assert h1.metrics["recall@1"] == h2.metrics["recall@1"]
+    model, history = fit_attention_head("gau", maps, labels, maps, labels, seed=1, embedding_dim=4,
+                                        epochs=1, p=4, k=4, device="cpu", reduction=2, rff_dim=4,
+                                        sigma=2.0)
+    assert isinstance(model, AttentionEmbedder) and not model.training
+    att = model.attention
+    assert isinstance(att, KernelAttention) and att.kind == "gaussian" and att.sigma == 2.0
+    assert history.eval_epochs == [0, 1] and len(history.loss) == 1
 
 
 # ----------------------------------------------------------------------------- bad inputs
@@ -244,3 +246,44 @@ def test_bad_inputs_raise_clear_errors():
         aia_from_se(nn.Linear(3, 3))
     with pytest.raises(ValueError, match="y must be a tensor"):
         rff_kernel_error(torch.randn(4, 3), [8], y=torch.randn(4, 2))
+
+
+# ----------------------------------------------------------------------------- figures
+
+def test_figures_render():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dmlviz.viz.aia_maps import (
+        aia_explorer,
+        channel_energy,
+        plot_kernel_error,
+        plot_map_rows,
+        plot_sop_check,
+        plot_variant_bars,
+    )
+
+    x = _x(10, 4)
+    fig = plot_kernel_error({"σ=1": rff_kernel_error(x, [4, 16], seeds=(0,))})
+    assert fig.axes[0].get_xscale() == "log"
+    a, b = x[:5], x[5:]
+    plot_sop_check((a * b).sum(1), (sop_features(a) * sop_features(b)).sum(1),
+                   (sop_features(a, True) * sop_features(b, True)).sum(1))
+    plot_variant_bars({"baseline": [0.5, 0.6], "sop": [0.7]})
+    maps = torch.rand(2, 8, 3, 3)
+    energy = channel_energy(maps)
+    assert energy.shape == (2, 3, 3)
+    fig = plot_map_rows(torch.rand(2, 3, 24, 24), {"input": energy, "z": torch.rand(2, 3, 3)},
+                        masks=torch.rand(2, 24, 24) > 0.5, vlims={"z": (0.5, 1.0)})
+    assert len(fig.axes) == 6
+    with pytest.raises(ValueError, match="rows\\['z'\\] must be a tensor"):
+        plot_map_rows(torch.rand(2, 3, 24, 24), {"z": torch.rand(3, 3, 3)})
+    torch.manual_seed(0)
+    blocks = {(k, inner): KernelAttention(8, k, inner=inner, reduction=2, rff_dim=6)
+              for k in ("linear", "sop", "gaussian") for inner in (True, False)}
+    box = aia_explorer(blocks, maps, torch.rand(2, 3, 24, 24), sigma=1.0, rff_dim=6)
+    sigma_slider = box.children[0].children[0]
+    sigma_slider.value = 2.0  # redraws without error
+    plt.close("all")
