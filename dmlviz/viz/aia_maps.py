@@ -214,6 +214,10 @@ def aia_explorer(blocks: Mapping[tuple[str, bool], torch.nn.Module], maps: torch
             out.clear_output(wait=True)
             fig = plot_map_rows(images, rows, masks=masks,
                                 vlims={"mask z (channel mean)": (0.5, 1.0)}, size=2.0)
+            shown = (f", σ = {sig.value:.3g}, c′ = {dim.value}" if kind.value == "gaussian"
+                     else " (σ and c′ act on the Gaussian kernel only)")
+            fig.suptitle(f"{kind.value} kernel, inner attention {'on' if inner.value else 'off'}"
+                         f"{shown}; mask z: mean {float(m['z'].mean()):.3f}", fontsize=9, y=1.0)
             display(fig)
             plt.close(fig)
 
