@@ -64,6 +64,7 @@ def plot_comparison(summary: Mapping[str, Mapping[str, tuple[float, float]]],
             ax.annotate(labels[row], (mflops, mean), textcoords="offset points", xytext=(5, 4),
                         fontsize=8)
         ax.set_xscale("log")
+        ax.margins(x=0.35, y=0.15)  # room for the labels right of the last point
         ax.set_xlabel("head forward MFLOPs per image (log)")
         ax.set_ylabel("Recall@1")
         ax.grid(alpha=0.3)
