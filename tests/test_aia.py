@@ -287,3 +287,15 @@ def test_figures_render():
     sigma_slider = box.children[0].children[0]
     sigma_slider.value = 2.0  # redraws without error
     plt.close("all")
+
+
+@pytest.mark.gpu
+def test_blocks_on_cuda_match_cpu():
+    torch.manual_seed(5)
+    x = torch.randn(4, 16, 5, 5)
+    for kind in ("linear", "sop", "gaussian"):
+        block = KernelAttention(16, kind, inner=True, reduction=4, rff_dim=12).eval()
+        expected = block(x)
+        got = block.cuda()(x.cuda()).cpu()
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert count_flops(block, (16, 5, 5)) == count_flops(block.cpu(), (16, 5, 5))
