@@ -362,6 +362,6 @@ def format_cost_table(table: Mapping[str, ModuleCost], names: Sequence[str] | No
         c = table[name]
         ips = "—" if math.isnan(c.images_per_second) else f"{c.images_per_second:.0f}"
         mem = "—" if c.peak_memory_bytes < 0 else f"{c.peak_memory_bytes / 2**20:.2f}"
-        rows.append(f"{name:<22s}{c.parameters:>10,d}{c.flops / 1e6:>10.2f}{ips:>10s}{mem:>10s}")
+        rows.append(f"{name:<22s}{c.parameters:>10,d}{c.flops / 1e6:>10.3f}{ips:>10s}{mem:>10s}")
     return "\n".join(rows)
 

@@ -93,7 +93,7 @@ def test_module_cost_and_table():
                        time_it=False, memory=False)
     assert math.isnan(table["double"].images_per_second) and table["double"].peak_memory_bytes == -1
     text = format_cost_table(table)
-    assert text.splitlines()[1].split()[:3] == ["conv", "16", "0.00"] and "—" in text
+    assert text.splitlines()[1].split()[:3] == ["conv", "16", "0.001"] and "—" in text
     assert format_cost_table(table, names=["double"]).count("\n") == 1
     assert set(c.to_dict()) >= {"parameters", "flops", "images_per_second"}
 
