@@ -43,7 +43,8 @@ LAB_SETTINGS = {
 # env variables that would point JupyterLab or the kernel at a user's own configuration
 LEAKY_ENV = ("JUPYTER_PATH", "JUPYTER_CONFIG_PATH", "JUPYTER_PREFER_ENV_PATH", "PYTHONSTARTUP",
              "IPYTHONDIR", "MPLCONFIGDIR", "MPLBACKEND", "PLOTLY_RENDERER", "JUPYTER_TOKEN",
-             "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_RUNTIME_DIR")
+             "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_RUNTIME_DIR",
+             "DMLVIZ_FIGURES_DIR", "DMLVIZ_OUT_DIR")  # never write into the repo's figures/
 
 
 def free_port() -> int:
@@ -237,6 +238,24 @@ JS_STATE = JS_PANEL + """
 }
 """
 
+# widget outputs that did not render (ipywidgets' own placeholder texts)
+JS_BROKEN_WIDGETS = """
+() => [...document.querySelectorAll('.jp-Notebook .jp-OutputArea-output')]
+  .filter(o => /Error displaying widget|Loading widget\\.\\.\\./.test(o.innerText))
+  .map(o => {
+    const cells = [...document.querySelectorAll('.jp-Notebook .jp-Cell')];
+    return {cell: cells.indexOf(o.closest('.jp-Cell')), text: o.innerText.slice(0, 200)};
+  })
+"""
+
+JS_KERNEL_STATUS = JS_PANEL + """
+(path) => {
+  const p = panel(path);
+  const kernel = p && p.sessionContext.session && p.sessionContext.session.kernel;
+  return kernel ? kernel.status : 'none';
+}
+"""
+
 JS_KERNEL_IDLE = JS_PANEL + """
 (path) => {
   const p = panel(path);
@@ -315,8 +334,13 @@ class LabNotebook:
             if self.page.evaluate("() => window.__dmlviz.done"):
                 self.wait_idle(max(5.0, deadline - time.monotonic()))
                 return self.state()
+            status = self.page.evaluate(JS_KERNEL_STATUS, self.path)
+            if status in ("dead", "autorestarting", "restarting"):
+                raise TimeoutError(f"the kernel died while running all cells ({status}): "
+                                   "out of memory?")
             self.page.wait_for_timeout(1000)
-        raise TimeoutError(f"run-all did not finish in {timeout_s:.0f} s")
+        raise TimeoutError(f"run-all did not finish in {timeout_s:.0f} s "
+                           "(DMLVIZ_BROWSER_TIMEOUT)")
 
     def wait_idle(self, timeout_s: float = 60) -> None:
         self.page.wait_for_function(JS_KERNEL_IDLE, arg=self.path, timeout=timeout_s * 1000,
@@ -324,6 +348,16 @@ class LabNotebook:
 
     def state(self) -> dict:
         return self.page.evaluate(JS_STATE, self.path)
+
+    def broken_widgets(self, timeout_s: float = 30) -> list[dict]:
+        """Widget outputs still showing "Loading widget..." or "Error displaying widget"
+        after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            broken = self.page.evaluate(JS_BROKEN_WIDGETS)
+            if not broken or time.monotonic() > deadline:
+                return broken
+            self.page.wait_for_timeout(500)
 
     def save(self) -> None:
         self.page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
@@ -354,15 +388,21 @@ class LabNotebook:
 
     def move_slider(self, explorer: dict, which: int = 0) -> tuple[str, str]:
         """Press an arrow key on a slider handle of ``explorer`` (Right, or Left at its
-        maximum); returns the slider's ``aria-valuenow`` before and after."""
+        maximum); returns the slider's shown value (its readout) before and after."""
         handle = self.page.locator(self.explorer_selector(explorer["index"])) \
             .locator(".noUi-handle").nth(which)
         handle.scroll_into_view_if_needed()
         before = handle.get_attribute("aria-valuenow")
         key = "ArrowLeft" if before == handle.get_attribute("aria-valuemax") else "ArrowRight"
+        shown = ("el => { const s = el.closest('.widget-slider, .widget-hslider');"
+                 " const r = s && s.querySelector('.widget-readout');"
+                 " return (s && s.querySelector('.widget-label') ? "
+                 "s.querySelector('.widget-label').innerText + '=' : '') +"
+                 " (r ? r.innerText : el.getAttribute('aria-valuenow')); }")
+        shown_before = handle.evaluate(shown)
         handle.focus()
         handle.press(key)
         self.page.wait_for_function(
             "([el, v]) => el.getAttribute('aria-valuenow') !== v",
             arg=[handle.element_handle(), before], timeout=10_000)
-        return before, handle.get_attribute("aria-valuenow")
+        return shown_before, handle.evaluate(shown)

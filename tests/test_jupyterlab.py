@@ -14,7 +14,8 @@ ever downloaded), run all cells, and check that
 * every plotly figure the notebook shows is drawn by plotly.js with its modebar (interactive).
 
 Screenshots go to the test's ``tmp_path`` and, when ``DMLVIZ_SCREENSHOTS`` is set, are copied
-there too. The kernel uses ``$DMLVIZ_CACHE_DIR`` when set, else a cache private to the module.
+there too. The kernel uses the dmlviz cache of the test process (``$DMLVIZ_CACHE_DIR``, else
+``~/.cache/dmlviz``), so features and checkpoints the papermill runs cached are reused.
 Marked ``browser`` (``--skip-browser`` skips it where Chromium is missing, never in CI) and
 ``notebook`` (slow: deselect with ``-m "not notebook"``).
 """
@@ -37,6 +38,8 @@ from jupyterlab_driver import (
     strip_ansi,
 )
 
+from dmlviz.cache import cache_dir
+
 pytestmark = [pytest.mark.browser, pytest.mark.notebook]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +54,7 @@ PLOTLY_MIME = "application/vnd.plotly.v1+json"
 def lab(chromium, tmp_path_factory):
     """A JupyterLab server for this module's tests (after the Chromium check)."""
     base = tmp_path_factory.mktemp("jupyterlab")
-    cache = os.environ.get("DMLVIZ_CACHE_DIR") or str(base / "dmlviz-cache")
+    cache = os.environ.get("DMLVIZ_CACHE_DIR") or str(cache_dir())  # what papermill runs use
     with JupyterLab(base, extra_env={"DMLVIZ_CACHE_DIR": cache}) as server:
         yield server
 
@@ -194,11 +197,17 @@ def exercise(src: Path, name: str, lab: JupyterLab, browser, tmp_path: Path,
         try:
             rep.state = nb.run_all(TIMEOUT_S)
         except TimeoutError as exc:
-            rep.state = nb.state()
+            with contextlib.suppress(Exception):
+                rep.state = nb.state()
             rep.fail(str(exc))
         t_run = time.monotonic() - t0 - t_open
-        if rep.state["run"]["error"] or not rep.state["run"]["ok"] or rep.cell_errors():
+        if rep.cell_errors():
             rep.fail("a cell raised while running all cells")
+        if rep.state["run"]["error"] or not rep.state["run"]["ok"]:
+            pending = [c["index"] for c in rep.state["cells"] if c["count"] is None]
+            rep.fail(f"running all cells stopped (at cell {pending[:1]}) without an error "
+                     f"output: did the kernel die or restart (out of memory?)"
+                     + (f"; {rep.state['run']['error']}" if rep.state["run"]["error"] else ""))
         nb.save()  # the executed copy stays in the server's root for inspection
         rep.shot("executed")
 
@@ -206,6 +215,9 @@ def exercise(src: Path, name: str, lab: JupyterLab, browser, tmp_path: Path,
 
         with contextlib.suppress(PlaywrightTimeout):  # widgets render after the kernel is idle
             page.wait_for_selector(".jp-OutputArea-output .noUi-handle", timeout=30_000)
+        if broken := nb.broken_widgets():
+            rep.fail("widgets did not render: " + "; ".join(
+                f"cell {b['cell']}: {b['text']!r}" for b in broken))
         explorers = nb.explorers()
         if not explorers:
             rep.fail("no ipywidgets explorer rendered (with interactive=True)")
@@ -287,7 +299,7 @@ def test_checker_passes_a_working_explorer_and_plotly_figure(notebook_factory, l
     src = notebook_factory(tmp_path / "ok.ipynb", [EXPLORER, PLOTLY,
                                                    "if interactive:\n    display(explorer())"])
     summary = exercise(src, "selftest_ok", lab, browser, tmp_path)
-    assert summary["moved"] == ["slider 1.0->2.0"] and summary["plotly_figures"] == 1
+    assert summary["moved"] == ["slider slope=1->slope=2"] and summary["plotly_figures"] == 1
 
 
 def test_checker_fails_an_explorer_that_does_not_redraw(notebook_factory, lab, browser,
@@ -306,3 +318,10 @@ def test_checker_names_the_cell_that_raised(notebook_factory, lab, browser, tmp_
     assert "selftest_bad in JupyterLab: a cell raised" in msg
     assert "cell 3 (execution count 3) raised ZeroDivisionError" in msg
     assert "code cells not executed: [4]" in msg and "JupyterLab log" in msg
+
+
+def test_checker_reports_a_dead_kernel(notebook_factory, lab, browser, tmp_path):
+    src = notebook_factory(tmp_path / "dies.ipynb", ["import os", "os._exit(1)", "x = 2"])
+    with pytest.raises(pytest.fail.Exception, match="did the kernel die") as info:
+        exercise(src, "selftest_dies", lab, browser, tmp_path)
+    assert "code cells not executed: [3, 4]" in str(info.value)
