@@ -149,7 +149,11 @@ def check_redraw(nb: LabNotebook, rep: Report, explorer: dict, control: str,
         rep.fail(f"explorer {explorer['index']} (cell {explorer['cell']}) has no draw area")
     before_png = rep.shot(f"{label}-before", area)
     if control == "slider":
-        old, new = nb.move_slider(explorer)
+        try:
+            old, new = nb.move_slider(explorer)
+        except Exception as exc:  # noqa: BLE001 (explained)
+            rep.fail(f"an arrow key on the first slider of explorer {explorer['index']} (cell "
+                     f"{explorer['cell']}) did not change its value: {exc}")
     else:
         select = nb.page.locator(nb.explorer_selector(explorer["index"])).locator(
             ".widget-dropdown select").first
