@@ -1,0 +1,444 @@
+"""CSALR: compressed self-attention with low-rank approximation, as an ``nn.Module``.
+
+Chen, Gong, Ge & Du, "Compressed Self-Attention for Deep Metric Learning with Low-Rank
+Approximation", IJCAI-20, section 3.2 (eqs. 10–17) and section 3.3 (deep supervision, eq. 18).
+The attention-level algebra (pooled landmarks, the three blocks, the indicator) lives in
+:func:`dmlviz.attention.nystrom.nystrom_softmax_attention`; this module adds the learned
+projections, the residual, multiple heads ("groups"), the deep-supervision head and the
+paper's explicit self-attention baseline (eqs. 1–2).
+
+For a feature map ``x`` of ``C`` channels over ``N = H·W`` positions, per group ``g``::
+
+    q = W_q x,  k = W_k x,  v = W_v x                          1×1 convolutions
+    A   = softmax_N(s q kᵀ)                       (N×N, never built in forward)      (10)
+    q̃, k̃ = avg-pool of q, k over an mh × mw grid of disjoint patches (M = mh·mw)
+    A_nm = softmax_M(s q k̃ᵀ), A_mm = softmax_M(s q̃ k̃ᵀ), A_mn = softmax_N(s q̃ kᵀ)   (11–13)
+    (+ the same-patch indicator, eqs. 15–16, when ``indicator=True``)
+    W = A_nm A_mm⁻¹  (N×M),  B = A_mn  (M×N),  W B ≈ A                             (14)
+    O = x + α · fuse([W_g (B_g v_g)]_g),  α initialised to 0                        (17)
+
+Deep supervision (section 3.3): ``logits = Linear(GAP(x ⊙ CSALR(x)))``, trained with
+cross-entropy and added to the metric loss, ``L = L_metric + λ L_CE`` (eq. 18).
+
+Interpretations (no copy of the paper was at hand; where its text leaves a choice open we
+made the usual one and say so):
+
+* **Pooling grid.** ``landmarks=(mh, mw)`` cuts the map into an ``mh × mw`` grid of disjoint
+  patches; when ``H`` (or ``W``) is divisible by ``mh`` (``mw``) this is exactly
+  ``avg_pool2d`` with kernel = stride = ``(H/mh, W/mw)``. When it is not, average pooling
+  with kernel = stride = ``⌊H/mh⌋`` would drop the last rows/columns and give a different
+  ``M``; we instead use the patches of :func:`dmlviz.attention.nystrom.patches` — every
+  position in exactly one patch, patch sizes ``⌊H/mh⌋`` or ``⌈H/mh⌉`` (unlike
+  ``adaptive_avg_pool2d``, whose windows overlap). An int ``landmarks`` is laid out as the
+  grid closest to the map's aspect.
+* **Temperature.** ``scale`` multiplies the logits; the default ``qk_channels_per_group**-0.5``
+  (Transformer convention) keeps the softmaxes from saturating on backbone features. The
+  paper writes ``softmax(QKᵀ)`` (``scale=1``).
+* **Indicator** (eqs. 15–16) is added to the *normalised* blocks by default
+  (``indicator_at="affinity"``, see :mod:`dmlviz.attention.nystrom`): then ``A_mm + I`` is
+  always invertible and ``W B`` approximates ``A + PᵀP`` (attention plus each position's own
+  patch), not ``A``. ``indicator_at="logit"`` adds it inside the softmaxes instead.
+* **Inverse.** ``inverse="auto"`` solves with ``A_mm + I`` when the indicator is on (always
+  invertible) and uses the pseudo-inverse without it (pooled landmarks of a smooth map are
+  nearly equal, so ``A_mm`` can be numerically singular).
+* **Projections.** ``q, k`` have ``qk_channels`` (default ``C // 8``, as in SAGAN/DANet,
+  rounded down to a multiple of ``groups``); ``v`` keeps ``C`` channels. Heads split the
+  channels of ``q, k, v`` into ``groups`` equal parts; the fusing 1×1 convolution
+  ``C → C`` exists only for ``groups > 1`` (with one group, eq. 17 as written).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dmlviz.attention.nystrom import INDICATOR_AT, INVERSES, _grid, nystrom_softmax_attention
+from dmlviz.checks import check_int
+
+__all__ = [
+    "ATTENTIONS",
+    "CSALR",
+    "AttentionEmbedder",
+    "DeepSupervisedLoss",
+    "SelfAttention",
+    "SupervisedEmbedding",
+    "csalr_attention",
+    "fit_attention_embedder",
+    "landmark_grid",
+]
+
+ATTENTIONS = ("none", "sa", "csalr")
+
+
+def _check_map(x, name: str, channels: int | None = None) -> None:
+    if not torch.is_tensor(x) or x.ndim != 4 or not x.is_floating_point():
+        got = (f"{type(x).__name__} {tuple(x.shape)} {x.dtype}" if torch.is_tensor(x)
+               else type(x).__name__)
+        raise ValueError(f"{name} must be a float feature map (B, C, H, W), got {got}")
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(f"{name} must have C = {channels} channels, got shape {tuple(x.shape)}")
+
+
+def landmark_grid(landmarks, size: tuple[int, int]) -> tuple[int, int]:
+    """The ``(mh, mw)`` pooling grid of ``landmarks`` on an ``H × W`` map.
+
+    Args:
+        landmarks: ``M`` (laid out closest to the map's aspect) or ``(mh, mw)``.
+        size: ``(H, W)``.
+
+    Returns:
+        ``(mh, mw)`` with ``mh ≤ H`` and ``mw ≤ W``.
+
+    Raises:
+        ValueError: more landmarks than positions along a side, or an ``M`` with no grid.
+    """
+    h, w = size
+    if isinstance(landmarks, (tuple, list)):
+        if len(landmarks) != 2:
+            raise ValueError(f"landmarks must be an int M or a pair (mh, mw), got {landmarks!r}")
+        mh, mw = (check_int(v, f"landmarks[{i}]", 1) for i, v in enumerate(landmarks))
+        if mh > h or mw > w:
+            raise ValueError(f"landmarks=({mh}, {mw}) is larger than the {h}×{w} feature map: "
+                             f"need mh <= H = {h} and mw <= W = {w}")
+        return mh, mw
+    m = check_int(landmarks, "landmarks", 1)
+    if m > h * w:
+        raise ValueError(f"landmarks={m} is more than the N = {h}·{w} = {h * w} positions of "
+                         "the feature map")
+    return _grid(m, (h, w))
+
+
+# ----------------------------------------------------------------------------- functional core
+
+def csalr_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, landmarks, *,
+                    size: tuple[int, int], indicator: bool = True,
+                    indicator_at: str = "affinity", scale: float = 1.0,
+                    inverse: str = "auto", return_maps: bool = False):
+    """Multi-head CSALR aggregation ``W (B v)`` (eqs. 11–17 without the residual).
+
+    Args:
+        q: ``(B, G, N, Cq)`` queries of ``G`` groups (heads).
+        k: ``(B, G, N, Cq)`` keys.
+        v: ``(B, G, N, Cv)`` values.
+        landmarks: ``M`` or ``(mh, mw)`` (see :func:`landmark_grid`).
+        size: ``(H, W)`` with ``H·W = N``.
+        indicator: add the same-patch indicator (eqs. 15–16).
+        indicator_at: ``"affinity"`` or ``"logit"`` (see :mod:`dmlviz.attention.nystrom`).
+        scale: multiplies the logits.
+        inverse: ``"auto"`` (``"solve"`` with the indicator, else ``"pinv"``), ``"solve"``,
+            ``"pinv"`` or ``"iterative"``.
+        return_maps: also return ``W (B, G, N, M)`` and ``B (B, G, M, N)``.
+
+    Returns:
+        ``out (B, G, N, Cv)`` with ``out = W (B v)`` — the ``N × N`` map is never formed —
+        and, if asked, ``(W, B)``.
+    """
+    for t, name in ((q, "q"), (k, "k"), (v, "v")):
+        if not torch.is_tensor(t) or t.ndim != 4 or not t.is_floating_point():
+            raise ValueError(f"{name} must be a float tensor (B, G, N, C), got "
+                             f"{tuple(t.shape) if torch.is_tensor(t) else type(t).__name__}")
+    if q.shape != k.shape:
+        raise ValueError(f"q and k must have the same shape (B, G, N, Cq), got {tuple(q.shape)} "
+                         f"and {tuple(k.shape)}")
+    if v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"v must be (B, G, N, Cv) with (B, G, N) = {tuple(q.shape[:3])} as q, "
+                         f"got {tuple(v.shape)}")
+    if inverse != "auto" and inverse not in INVERSES:
+        raise ValueError(f"inverse must be 'auto' or one of {INVERSES}, got {inverse!r}")
+    b, g, n, _ = q.shape
+    if size[0] * size[1] != n:
+        raise ValueError(f"size={tuple(size)} has H·W = {size[0] * size[1]} positions but q has "
+                         f"N = {n}")
+    grid = landmark_grid(landmarks, size)
+    if inverse == "auto":
+        inverse = "solve" if indicator and indicator_at == "affinity" else "pinv"
+    f = nystrom_softmax_attention(
+        q.reshape(b * g, n, -1), k.reshape(b * g, n, -1), grid, size=tuple(size),
+        indicator=indicator, indicator_at=indicator_at, scale=scale, inverse=inverse,
+        check=False)  # eqs. (11)–(16); A_mm + I is invertible (Gershgorin), no SVD check
+    w = f.w.reshape(b, g, n, -1)  # (B, G, N, M)
+    bm = f.b.reshape(b, g, -1, n)  # (B, G, M, N)
+    out = w @ (bm @ v)  # (B, G, N, Cv)   eq. (17), W (B V)
+    return (out, w, bm) if return_maps else out
+
+
+# ----------------------------------------------------------------------------- modules
+
+class _Projections(nn.Module):
+    """Shared parts of :class:`CSALR` and :class:`SelfAttention`: 1×1 convolutions for
+    q, k, v, the group split, the fusing convolution and the residual weight α."""
+
+    def __init__(self, channels: int, qk_channels: int | None, groups: int,
+                 scale: float | None) -> None:
+        super().__init__()
+        self.channels = check_int(channels, "channels", 1)
+        self.groups = check_int(groups, "groups", 1)
+        if self.channels % self.groups:
+            raise ValueError(f"channels={channels} is not divisible by groups={groups}: each "
+                             "group (head) needs an equal share of the channels")
+        if qk_channels is None:
+            qk_channels = max(self.groups, (self.channels // 8) // self.groups * self.groups)
+        self.qk_channels = check_int(qk_channels, "qk_channels", 1)
+        if self.qk_channels % self.groups:
+            raise ValueError(f"qk_channels={qk_channels} is not divisible by groups={groups}")
+        per_group = self.qk_channels // self.groups
+        self.scale = float(per_group ** -0.5 if scale is None else scale)
+        self.query = nn.Conv2d(self.channels, self.qk_channels, 1)
+        self.key = nn.Conv2d(self.channels, self.qk_channels, 1)
+        self.value = nn.Conv2d(self.channels, self.channels, 1)
+        self.fuse = nn.Conv2d(self.channels, self.channels, 1) if self.groups > 1 else nn.Identity()
+        self.alpha = nn.Parameter(torch.zeros(1))  # α of eq. (17), starts at 0: O = x
+
+    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``x (B, C, H, W)`` → ``q, k (B, G, N, Cq/G)``, ``v (B, G, N, C/G)``."""
+        _check_map(x, "x", self.channels)
+        b, g = x.shape[0], self.groups
+
+        def heads(t: torch.Tensor) -> torch.Tensor:  # (B, G·c, H, W) → (B, G, N, c)
+            return t.flatten(2).reshape(b, g, t.shape[1] // g, -1).transpose(2, 3)
+
+        return heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+
+    def residual(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``x + α · fuse(out)``; ``out (B, G, N, C/G)`` back to ``(B, C, H, W)``."""
+        b, c, h, w = x.shape
+        y = out.transpose(2, 3).reshape(b, c, h, w)  # heads concatenated along channels
+        return x + self.alpha * self.fuse(y)  # eq. (17)
+
+    def full_attention(self, x: torch.Tensor) -> torch.Tensor:
+        """The exact attention maps ``softmax_N(s q kᵀ)`` (eq. 10): ``(B, G, N, N)``."""
+        q, k, _ = self.qkv(x)
+        return torch.softmax(self.scale * q @ k.transpose(-1, -2), dim=-1)  # (B, G, N, N) eq. (10)
+
+    def _extra(self) -> str:
+        return (f"channels={self.channels}, qk_channels={self.qk_channels}, "
+                f"groups={self.groups}, scale={self.scale:.4g}")
+
+
+class CSALR(_Projections):
+    """Compressed self-attention with low-rank approximation (eqs. 10–17).
+
+    Args:
+        channels: ``C`` of the input map (divisible by ``groups``).
+        qk_channels: channels of q and k (default ``C // 8`` rounded to a multiple of
+            ``groups``).
+        landmarks: ``M`` or ``(mh, mw)``: the pooling grid of the virtual landmarks.
+        groups: heads ``G``; channels split evenly, one CSALR each, fused by a 1×1 conv.
+        indicator: the same-patch indicator of eqs. 15–16.
+        indicator_at: ``"affinity"`` (default) or ``"logit"``.
+        scale: logit scale (default ``(qk_channels / groups) ** -0.5``; the paper: 1).
+        inverse: ``"auto"``, ``"solve"``, ``"pinv"`` or ``"iterative"``.
+
+    Attributes:
+        query, key, value: 1×1 convolutions; fuse: 1×1 convolution (identity for one group);
+        alpha: the residual weight α, initialised to 0.
+    """
+
+    def __init__(self, channels: int, qk_channels: int | None = None, landmarks=(8, 12),
+                 groups: int = 1, indicator: bool = True, *, indicator_at: str = "affinity",
+                 scale: float | None = None, inverse: str = "auto") -> None:
+        super().__init__(channels, qk_channels, groups, scale)
+        if indicator_at not in INDICATOR_AT:
+            raise ValueError(f"indicator_at must be one of {INDICATOR_AT}, got {indicator_at!r}")
+        if inverse != "auto" and inverse not in INVERSES:
+            raise ValueError(f"inverse must be 'auto' or one of {INVERSES}, got {inverse!r}")
+        if isinstance(landmarks, (tuple, list)):
+            landmarks = tuple(check_int(v, "landmarks", 1) for v in landmarks)
+            if len(landmarks) != 2:
+                raise ValueError(f"landmarks must be an int M or a pair (mh, mw), got {landmarks!r}")
+        else:
+            landmarks = check_int(landmarks, "landmarks", 1)
+        self.landmarks, self.indicator = landmarks, bool(indicator)
+        self.indicator_at, self.inverse = indicator_at, inverse
+
+    def forward(self, x: torch.Tensor, return_maps: bool = False):
+        """Apply CSALR.
+
+        Args:
+            x: ``(B, C, H, W)`` feature map.
+            return_maps: also return ``W (B, G, N, M)`` and ``B (B, G, M, N)``.
+
+        Returns:
+            ``O (B, C, H, W)`` = ``x + α · fuse(W (B v))``, and with ``return_maps`` the
+            tuple ``(O, W, B)``; ``W[b, g] @ B[b, g]`` is the reconstructed map.
+        """
+        q, k, v = self.qkv(x)  # (B, G, N, Cq/G), (B, G, N, Cq/G), (B, G, N, C/G)
+        out, w, bm = csalr_attention(q, k, v, self.landmarks, size=tuple(x.shape[2:]),
+                                     indicator=self.indicator, indicator_at=self.indicator_at,
+                                     scale=self.scale, inverse=self.inverse, return_maps=True)
+        y = self.residual(x, out)  # (B, C, H, W) eq. (17)
+        return (y, w, bm) if return_maps else y
+
+    def reconstruction(self, x: torch.Tensor) -> torch.Tensor:
+        """The reconstructed maps ``W B``: ``(B, G, N, N)`` (for figures; builds N × N)."""
+        _, w, bm = self.forward(x, return_maps=True)
+        return w @ bm  # (B, G, N, N)
+
+    def extra_repr(self) -> str:
+        return (f"{self._extra()}, landmarks={self.landmarks}, indicator={self.indicator}, "
+                f"indicator_at={self.indicator_at!r}, inverse={self.inverse!r}")
+
+
+class SelfAttention(_Projections):
+    """The paper's self-attention baseline (eqs. 1–2): the explicit ``N × N`` map.
+
+    ``O = x + α · fuse(softmax_N(s q kᵀ) v)`` with the same projections, groups, scale and
+    α = 0 initialisation as :class:`CSALR`, so the two differ only in the attention map.
+
+    Args:
+        channels, qk_channels, groups, scale: as for :class:`CSALR`.
+    """
+
+    def __init__(self, channels: int, qk_channels: int | None = None, groups: int = 1, *,
+                 scale: float | None = None) -> None:
+        super().__init__(channels, qk_channels, groups, scale)
+
+    def forward(self, x: torch.Tensor, return_maps: bool = False):
+        """Args: x ``(B, C, H, W)``. Returns: ``O (B, C, H, W)``, and with
+        ``return_maps=True`` also the attention ``(B, G, N, N)`` (row = query position)."""
+        q, k, v = self.qkv(x)
+        a = torch.softmax(self.scale * q @ k.transpose(-1, -2), dim=-1)  # (B, G, N, N) eq. (1)
+        y = self.residual(x, a @ v)  # (B, C, H, W) eq. (2)
+        return (y, a) if return_maps else y
+
+    def extra_repr(self) -> str:
+        return self._extra()
+
+
+# ----------------------------------------------------------------------------- deep supervision
+
+class SupervisedEmbedding(NamedTuple):
+    """What :class:`AttentionEmbedder` returns in training mode with deep supervision.
+
+    Attributes:
+        embeddings: ``(B, D)``.
+        logits: ``(B, num_classes)`` of the deep-supervision head.
+    """
+
+    embeddings: torch.Tensor
+    logits: torch.Tensor
+
+
+class DeepSupervisedLoss(nn.Module):
+    """``L = L_metric + λ · CE(logits, labels)`` (eq. 18).
+
+    Called as ``loss(output, labels)`` where ``output`` is a :class:`SupervisedEmbedding`
+    (training with deep supervision) or plain ``(B, D)`` embeddings (then only the metric
+    loss), so it plugs into :func:`dmlviz.train.fit`.
+
+    Args:
+        metric: the metric loss, ``metric(embeddings, labels)``.
+        weight: λ ≥ 0.
+    """
+
+    def __init__(self, metric: nn.Module, weight: float = 1.0) -> None:
+        super().__init__()
+        if not isinstance(metric, nn.Module):
+            raise ValueError(f"metric must be an nn.Module loss, got {type(metric).__name__}")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+            raise ValueError(f"weight (λ) must be a number >= 0, got {weight!r}")
+        self.metric, self.weight = metric, float(weight)
+
+    def forward(self, output, labels: torch.Tensor) -> torch.Tensor:
+        if isinstance(output, SupervisedEmbedding):
+            return (self.metric(output.embeddings, labels)
+                    + self.weight * F.cross_entropy(output.logits, labels))  # eq. (18)
+        return self.metric(output, labels)
+
+    def extra_repr(self) -> str:
+        return f"weight={self.weight}"
+
+
+class AttentionEmbedder(nn.Module):
+    """A DML head on frozen feature maps: attention block → GAP → linear → L2-normalise.
+
+    Args:
+        channels: ``C`` of the input map.
+        embedding_dim: ``D``.
+        attention: ``"none"`` (baseline), ``"sa"`` (:class:`SelfAttention`) or ``"csalr"``.
+        num_classes: training classes for the deep-supervision head (``Linear(GAP(x ⊙ O))``,
+            section 3.3); None: no deep supervision. Ignored with ``attention="none"``.
+        **attention_kwargs: ``qk_channels``, ``groups``, ``landmarks``, ``indicator``, …
+
+    In training mode with a deep-supervision head, ``forward`` returns a
+    :class:`SupervisedEmbedding`; in eval mode (and without the head) the embeddings.
+    """
+
+    def __init__(self, channels: int, embedding_dim: int, attention: str = "csalr", *,
+                 num_classes: int | None = None, **attention_kwargs) -> None:
+        super().__init__()
+        if attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+        self.channels = check_int(channels, "channels", 1)
+        self.embedding_dim = check_int(embedding_dim, "embedding_dim", 1)
+        self.kind = attention
+        if attention == "none":
+            if attention_kwargs:
+                raise ValueError(f"attention='none' takes no attention arguments, got "
+                                 f"{sorted(attention_kwargs)}")
+            self.attention = nn.Identity()
+        elif attention == "sa":
+            self.attention = SelfAttention(channels, **attention_kwargs)
+        else:
+            self.attention = CSALR(channels, **attention_kwargs)
+        self.linear = nn.Linear(channels, embedding_dim)
+        self.classifier = (nn.Linear(channels, check_int(num_classes, "num_classes", 2))
+                           if num_classes is not None and attention != "none" else None)
+
+    def forward(self, x: torch.Tensor):
+        """Args: x ``(B, C, H, W)``. Returns: ``(B, D)`` unit embeddings, or a
+        :class:`SupervisedEmbedding` in training mode with deep supervision."""
+        _check_map(x, "x", self.channels)
+        y = self.attention(x)  # (B, C, H, W)
+        e = F.normalize(self.linear(y.mean(dim=(2, 3))), dim=1)  # (B, D)
+        if self.classifier is not None and self.training:
+            logits = self.classifier((x * y).mean(dim=(2, 3)))  # (B, classes), x ⊙ O → GAP
+            return SupervisedEmbedding(e, logits)
+        return e
+
+    def extra_repr(self) -> str:
+        return (f"attention={self.kind!r}, embedding_dim={self.embedding_dim}, "
+                f"deep_supervision={self.classifier is not None}")
+
+
+def fit_attention_embedder(train_maps: torch.Tensor, train_labels: torch.Tensor,
+                           test_maps: torch.Tensor, test_labels: torch.Tensor, *,
+                           attention: str = "csalr", embedding_dim: int = 64,
+                           deep_supervision: float = 1.0, seed: int = 0, epochs: int = 10,
+                           p: int = 8, k: int = 4, lr: float = 1e-3,
+                           device: str | torch.device = "auto", progress: bool = False,
+                           **attention_kwargs):
+    """Build an :class:`AttentionEmbedder` from ``seed`` and train it with MS loss (+ λ CE).
+
+    Args:
+        train_maps: ``(N, C, H, W)`` frozen feature maps of the training classes.
+        train_labels: ``(N,)`` class ids in ``[0, classes)``.
+        test_maps, test_labels: the unseen classes, for the metrics.
+        attention: ``"none"``, ``"sa"`` or ``"csalr"``.
+        embedding_dim: ``D``.
+        deep_supervision: λ of eq. (18); 0 turns the head off.
+        seed, epochs, p, k, lr, device, progress: as for :func:`dmlviz.train.fit`.
+        **attention_kwargs: passed to the attention block.
+
+    Returns:
+        ``(model, history)`` (model in eval mode).
+    """
+    from dmlviz.checks import check_labels
+    from dmlviz.losses import MultiSimilarityLoss
+    from dmlviz.train import fit
+    from dmlviz.utils import seed_everything
+
+    train_labels = check_labels(train_labels, "train_labels")
+    classes = int(train_labels.max()) + 1
+    seed_everything(seed)
+    model = AttentionEmbedder(train_maps.shape[1], embedding_dim, attention,
+                              num_classes=classes if deep_supervision > 0 else None,
+                              **attention_kwargs)
+    loss = DeepSupervisedLoss(MultiSimilarityLoss(), deep_supervision)
+    history = fit(model, loss, train_maps, train_labels, test_inputs=test_maps,
+                  test_labels=test_labels, epochs=epochs, p=p, k=k, lr=lr, seed=seed,
+                  device=device, progress=progress)
+    return model, history

@@ -1,0 +1,236 @@
+"""Tests for dmlviz.attention.csalr against an explicit slow implementation of eqs. 10–18."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from dmlviz.attention.csalr import (
+    CSALR,
+    AttentionEmbedder,
+    DeepSupervisedLoss,
+    SelfAttention,
+    SupervisedEmbedding,
+    csalr_attention,
+    landmark_grid,
+)
+from dmlviz.attention.nystrom import softmax_attention
+from dmlviz.losses import MultiSimilarityLoss
+
+DT = torch.float64
+
+
+def _module(cls=CSALR, **kw):
+    torch.manual_seed(0)
+    m = cls(**kw).to(DT)
+    with torch.no_grad():
+        m.alpha.fill_(0.7)
+    return m
+
+
+def slow_csalr(m: CSALR, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Eqs. 10–17 written out: loops over batch and groups, avg_pool2d landmarks, explicit
+    same-patch indicator (added to the affinities), explicit inverse."""
+    b, c, h, w = x.shape
+    mh, mw = grid
+    assert h % mh == 0 and w % mw == 0  # the slow path uses kernel = stride pooling
+    g = m.groups
+    cq, cv = m.qk_channels // g, c // g
+    q_all, k_all, v_all = m.query(x), m.key(x), m.value(x)
+    ph, pw = h // mh, w // mw
+    patch = torch.tensor([[(i // ph) * mw + (j // pw) for j in range(w)] for i in range(h)]).flatten()
+    big_m = mh * mw
+    P = torch.zeros(big_m, h * w, dtype=x.dtype)
+    for pos in range(h * w):
+        P[patch[pos], pos] = 1.0
+    outs = []
+    for bi in range(b):
+        heads = []
+        for gi in range(g):
+            qm = q_all[bi, gi * cq:(gi + 1) * cq]  # (cq, H, W)
+            km = k_all[bi, gi * cq:(gi + 1) * cq]
+            vm = v_all[bi, gi * cv:(gi + 1) * cv]
+            q = qm.flatten(1).T  # (N, cq)
+            k = km.flatten(1).T
+            v = vm.flatten(1).T  # (N, cv)
+            qt = F.avg_pool2d(qm[None], (ph, pw), (ph, pw))[0].flatten(1).T  # (M, cq)
+            kt = F.avg_pool2d(km[None], (ph, pw), (ph, pw))[0].flatten(1).T
+            s = m.scale
+            a_nm = torch.softmax(s * q @ kt.T, 1)
+            a_mm = torch.softmax(s * qt @ kt.T, 1)
+            a_mn = torch.softmax(s * qt @ k.T, 1)
+            if m.indicator:
+                a_nm, a_mm, a_mn = a_nm + P.T, a_mm + torch.eye(big_m, dtype=x.dtype), a_mn + P
+            wmat = a_nm @ torch.linalg.inv(a_mm)
+            heads.append((wmat @ a_mn @ v).T.reshape(cv, h, w))
+        outs.append(torch.cat(heads, 0))
+    y = torch.stack(outs)
+    return x + m.alpha * m.fuse(y)
+
+
+@pytest.mark.parametrize("groups,indicator", [(1, True), (2, True), (4, False)])
+def test_matches_slow_reference(groups, indicator):
+    m = _module(channels=16, qk_channels=8, landmarks=(2, 3), groups=groups, indicator=indicator,
+                inverse="solve")
+    x = torch.randn(2, 16, 6, 9, dtype=DT)
+    torch.testing.assert_close(m(x), slow_csalr(m, x, (2, 3)), rtol=1e-8, atol=1e-8)
+
+
+def test_all_landmarks_without_indicator_is_exact():
+    m = _module(channels=8, qk_channels=4, landmarks=(5, 6), indicator=False, inverse="pinv")
+    x = torch.randn(1, 8, 5, 6, dtype=DT)
+    torch.testing.assert_close(m.reconstruction(x), m.full_attention(x), rtol=1e-6, atol=1e-8)
+    sa = _module(SelfAttention, channels=8, qk_channels=4)
+    sa.load_state_dict(m.state_dict())
+    torch.testing.assert_close(m(x), sa(x), rtol=1e-6, atol=1e-8)
+
+
+def test_full_attention_is_softmax_of_projections():
+    m = _module(channels=8, qk_channels=4, groups=2, landmarks=4)
+    x = torch.randn(2, 8, 4, 4, dtype=DT)
+    q, k, _ = m.qkv(x)
+    ref = softmax_attention(q.flatten(0, 1), k.flatten(0, 1), scale=m.scale).reshape(2, 2, 16, 16)
+    torch.testing.assert_close(m.full_attention(x), ref)
+    _, a = _module(SelfAttention, channels=8, qk_channels=4, groups=2)(x, return_maps=True)
+    assert a.shape == (2, 2, 16, 16)
+    torch.testing.assert_close(a.sum(-1), torch.ones(2, 2, 16, dtype=DT))
+
+
+def test_alpha_zero_is_identity():
+    for m in (CSALR(8, 4, (2, 2), groups=2), SelfAttention(8, 4, groups=2)):
+        x = torch.randn(2, 8, 4, 6)
+        torch.testing.assert_close(m(x), x)
+
+
+def test_maps_shapes_and_b_rows():
+    x = torch.randn(2, 16, 8, 8, dtype=DT)
+    for kw in (dict(indicator=False), dict(indicator=True, indicator_at="logit")):
+        m = _module(channels=16, qk_channels=8, landmarks=(2, 4), groups=4, **kw)
+        y, w, b = m(x, return_maps=True)
+        assert y.shape == x.shape and w.shape == (2, 4, 64, 8) and b.shape == (2, 4, 8, 64)
+        torch.testing.assert_close(b.sum(-1), torch.ones(2, 4, 8, dtype=DT))
+    # with the indicator on the affinities, B = A_mn + P: rows sum to 1 + patch size
+    m = _module(channels=16, qk_channels=8, landmarks=(2, 4), groups=1)
+    _, w, b = m(x, return_maps=True)
+    torch.testing.assert_close(b.sum(-1), torch.full((2, 1, 8), 9.0, dtype=DT))
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, 1, 64, dtype=DT))  # W 1 = 1
+
+
+def test_groups_split_and_fuse():
+    """Group g of the multi-head module equals a one-group CSALR on that group's channels."""
+    m = _module(channels=8, qk_channels=4, landmarks=(2, 2), groups=2, inverse="solve")
+    x = torch.randn(1, 8, 4, 4, dtype=DT)
+    q, k, v = m.qkv(x)
+    out = csalr_attention(q, k, v, (2, 2), size=(4, 4), scale=m.scale)  # (1, 2, 16, 4)
+    for g in range(2):
+        one = _module(channels=8, qk_channels=2, landmarks=(2, 2), groups=1, scale=m.scale)
+        with torch.no_grad():
+            one.query.weight.copy_(m.query.weight[2 * g:2 * g + 2])
+            one.query.bias.copy_(m.query.bias[2 * g:2 * g + 2])
+            one.key.weight.copy_(m.key.weight[2 * g:2 * g + 2])
+            one.key.bias.copy_(m.key.bias[2 * g:2 * g + 2])
+        qg, kg, _ = one.qkv(x)
+        ref = csalr_attention(qg, kg, v[:, g:g + 1], (2, 2), size=(4, 4), scale=m.scale)
+        torch.testing.assert_close(out[:, g:g + 1], ref)
+    y = out.transpose(2, 3).reshape(1, 8, 4, 4)  # heads concatenated along channels
+    torch.testing.assert_close(m(x), x + m.alpha * m.fuse(y))
+
+
+def test_non_divisible_map_pools_disjoint_patches():
+    m = _module(channels=4, qk_channels=4, landmarks=(2, 3), indicator=False, inverse="pinv")
+    x = torch.randn(1, 4, 7, 8, dtype=DT)  # 7 / 2 and 8 / 3 are not integers
+    q, k, v = m.qkv(x)
+    _, w, b = csalr_attention(q, k, v, (2, 3), size=(7, 8), indicator=False, scale=m.scale,
+                              return_maps=True)
+    assert w.shape == (1, 1, 56, 6) and b.shape == (1, 1, 6, 56)
+    # explicit pooling: rows split 0-3 | 4-6, columns 0-2 | 3-5 | 6-7
+    rows, cols = [range(0, 4), range(4, 7)], [range(0, 3), range(3, 6), range(6, 8)]
+    qm = m.query(x)[0]
+    km = m.key(x)[0]
+    qt = torch.stack([qm[:, r][:, :, c].mean((1, 2)) for r in rows for c in cols])  # (6, C)
+    kt = torch.stack([km[:, r][:, :, c].mean((1, 2)) for r in rows for c in cols])
+    a_mn = torch.softmax(m.scale * qt @ km.flatten(1), 1)
+    torch.testing.assert_close(b[0, 0], a_mn)
+    a_nm = torch.softmax(m.scale * qm.flatten(1).T @ kt.T, 1)
+    a_mm = torch.softmax(m.scale * qt @ kt.T, 1)
+    torch.testing.assert_close(w[0, 0], a_nm @ torch.linalg.pinv(a_mm), rtol=1e-6, atol=1e-8)
+
+
+def test_gradients_reach_alpha_q_k_v():
+    m = CSALR(8, 4, (2, 2), groups=2)
+    with torch.no_grad():
+        m.alpha.fill_(0.5)
+    m(torch.randn(2, 8, 4, 4)).square().sum().backward()
+    for name in ("alpha", "query.weight", "key.weight", "value.weight", "fuse.weight"):
+        grad = dict(m.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+    m0 = CSALR(8, 4, (2, 2))  # α = 0: only α gets a gradient at the first step
+    m0(torch.randn(2, 8, 4, 4)).square().sum().backward()
+    assert m0.alpha.grad.abs().sum() > 0
+
+
+class _MaxNumel(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.biggest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if torch.is_tensor(t):
+                self.biggest = max(self.biggest, t.numel())
+        return out
+
+
+def test_forward_never_builds_the_n_by_n_map():
+    m = CSALR(8, 4, (4, 4), groups=1)
+    x = torch.randn(1, 8, 32, 32)  # N = 1024
+    with torch.no_grad(), _MaxNumel() as probe:
+        m(x)
+    assert probe.biggest < 1024 * 1024 // 8, probe.biggest
+
+
+def test_errors_name_the_argument():
+    with pytest.raises(ValueError, match="not divisible by groups"):
+        CSALR(10, groups=4)
+    with pytest.raises(ValueError, match="qk_channels"):
+        CSALR(8, qk_channels=6, groups=4)
+    with pytest.raises(ValueError, match="larger than the 4×4"):
+        CSALR(8, 4, landmarks=(5, 2))(torch.randn(1, 8, 4, 4))
+    with pytest.raises(ValueError, match="more than the N"):
+        CSALR(8, 4, landmarks=40)(torch.randn(1, 8, 4, 4))
+    with pytest.raises(ValueError, match="C = 8 channels"):
+        CSALR(8, 4, landmarks=4)(torch.randn(1, 6, 4, 4))
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        CSALR(8, 4, landmarks=4)(torch.randn(8, 16))
+    with pytest.raises(ValueError, match="indicator_at"):
+        CSALR(8, indicator_at="softmax")
+    with pytest.raises(ValueError, match="attention must be one of"):
+        AttentionEmbedder(8, 4, "nystrom")
+    assert landmark_grid(96, (28, 28)) in ((8, 12), (12, 8))
+
+
+def test_embedder_deep_supervision_and_loss():
+    torch.manual_seed(0)
+    model = AttentionEmbedder(8, 6, "csalr", num_classes=3, qk_channels=4, landmarks=(2, 2))
+    x, y = torch.randn(12, 8, 4, 4), torch.arange(3).repeat(4)
+    out = model.train()(x)
+    assert isinstance(out, SupervisedEmbedding) and out.logits.shape == (12, 3)
+    gap = (x * model.attention(x)).mean((2, 3))  # x ⊙ O → GAP → linear
+    torch.testing.assert_close(out.logits, model.classifier(gap))
+    loss = DeepSupervisedLoss(MultiSimilarityLoss(), weight=0.5)
+    expected = MultiSimilarityLoss()(out.embeddings, y) + 0.5 * F.cross_entropy(out.logits, y)
+    torch.testing.assert_close(loss(out, y), expected)  # eq. (18)
+    e = model.eval()(x)
+    assert torch.is_tensor(e) and e.shape == (12, 6)
+    torch.testing.assert_close(e.norm(dim=1), torch.ones(12))
+    torch.testing.assert_close(loss(e, y), MultiSimilarityLoss()(e, y))
+    assert AttentionEmbedder(8, 6, "none", num_classes=3).classifier is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    m = _module(channels=16, qk_channels=8, landmarks=(2, 4), groups=2).float()
+    x = torch.randn(2, 16, 8, 8)
+    torch.testing.assert_close(m.cuda()(x.cuda()).cpu(), m.cpu()(x), rtol=1e-4, atol=1e-4)
