@@ -55,7 +55,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dmlviz.attention.nystrom import INDICATOR_AT, INVERSES, _grid, nystrom_softmax_attention
+from dmlviz.attention.nystrom import (
+    INDICATOR_AT,
+    INVERSES,
+    _grid,
+    nystrom_softmax_attention,
+    patches,
+)
 from dmlviz.checks import check_int
 
 __all__ = [
@@ -132,6 +138,10 @@ def csalr_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, landmarks
             ``"pinv"`` or ``"iterative"``.
         return_maps: also return ``W (B, G, N, M)`` and ``B (B, G, M, N)``.
 
+    Half-precision inputs (float16 / bfloat16): the factors ``W`` and ``B`` are computed in
+    float32 (PyTorch has no half-precision ``solve``) and cast back; ``W (B v)`` runs in the
+    input dtype.
+
     Returns:
         ``out (B, G, N, Cv)`` with ``out = W (B v)`` — the ``N × N`` map is never formed —
         and, if asked, ``(W, B)``.
@@ -155,12 +165,24 @@ def csalr_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, landmarks
     grid = landmark_grid(landmarks, size)
     if inverse == "auto":
         inverse = "solve" if indicator and indicator_at == "affinity" else "pinv"
+    low = q.dtype in (torch.float16, torch.bfloat16)  # no half-precision linalg.solve / pinv
+    qf, kf = (q.float(), k.float()) if low else (q, k)
+    qf, kf = qf.reshape(b * g, n, -1), kf.reshape(b * g, n, -1)  # (B·G, N, Cq)
+    (h, w_), (mh, mw) = size, grid
+    if h % mh == 0 and w_ % mw == 0:  # kernel = stride pooling: avg_pool2d, no (M, N) matrix
+        def pool(t: torch.Tensor) -> torch.Tensor:  # (B·G, N, Cq) → (B·G, M, Cq)
+            t = t.transpose(1, 2).reshape(b * g, -1, h, w_)
+            return F.avg_pool2d(t, (h // mh, w_ // mw)).flatten(2).transpose(1, 2)
+
+        landmarks = dict(q_landmarks=pool(qf), k_landmarks=pool(kf),
+                         patch=patches(n, grid, tuple(size)).to(q.device))
+    else:  # disjoint patches of ⌊H/mh⌋ or ⌈H/mh⌉ rows (see the module docstring)
+        landmarks = dict(m=grid, size=tuple(size))
     f = nystrom_softmax_attention(
-        q.reshape(b * g, n, -1), k.reshape(b * g, n, -1), grid, size=tuple(size),
-        indicator=indicator, indicator_at=indicator_at, scale=scale, inverse=inverse,
-        check=False)  # eqs. (11)–(16); A_mm + I is invertible (Gershgorin), no SVD check
-    w = f.w.reshape(b, g, n, -1)  # (B, G, N, M)
-    bm = f.b.reshape(b, g, -1, n)  # (B, G, M, N)
+        qf, kf, **landmarks, indicator=indicator, indicator_at=indicator_at, scale=scale,
+        inverse=inverse, check=False)  # eqs. (11)–(16); A_mm + I invertible (Gershgorin)
+    w = f.w.reshape(b, g, n, -1).to(v.dtype)  # (B, G, N, M)
+    bm = f.b.reshape(b, g, -1, n).to(v.dtype)  # (B, G, M, N)
     out = w @ (bm @ v)  # (B, G, N, Cv)   eq. (17), W (B V)
     return (out, w, bm) if return_maps else out
 
