@@ -1,0 +1,160 @@
+"""Tests for dmlviz.attention.crt (coded residual transform, Kan et al. NeurIPS 2022)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dmlviz.attention.crt import (
+    CodedResidualTransform,
+    CRTObjective,
+    TwoBranchCRT,
+    correlation,
+    cross_branch_consistency_loss,
+    prototype_cosine,
+    prototype_diversity_loss,
+    residual_encoding,
+)
+from dmlviz.losses import MultiSimilarityLoss
+
+
+def _slow_residuals(x, c):
+    """eq. (1) with explicit loops over images, prototypes and positions."""
+    b, ch, h, w = x.shape
+    out = torch.zeros(b, len(c), ch, dtype=x.dtype)
+    for i in range(b):
+        for k in range(len(c)):
+            for u in range(h):
+                for v in range(w):
+                    xj = x[i, :, u, v]
+                    out[i, k] += math.log1p(math.exp(float(xj @ c[k]))) * (xj - c[k])
+    return out
+
+
+def test_residual_encoding_matches_loop():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 3, 4, generator=g, dtype=torch.float64)
+    c = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(residual_encoding(x, c), _slow_residuals(x, c))
+
+
+def test_tiny_example_by_hand():
+    # a 2-channel 1×2 map, one prototype: r = Σ_j softplus(x_j·c)(x_j − c)
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).T.reshape(1, 2, 1, 2)  # x_1=(1,0), x_2=(0,1)
+    c = torch.tensor([[1.0, 0.0]])
+    sp1, sp0 = math.log1p(math.e), math.log(2.0)
+    expected = torch.tensor([[[sp1 * 0.0 + sp0 * -1.0, sp1 * 0.0 + sp0 * 1.0]]])
+    torch.testing.assert_close(residual_encoding(x, c), expected)
+
+
+def test_correlation_maps_match_einsum():
+    torch.manual_seed(0)
+    m = CodedResidualTransform(6, 4, 8)
+    x = torch.randn(3, 6, 5, 5)
+    ref = torch.einsum("bchw,kc->bkhw", x, m.prototypes)
+    torch.testing.assert_close(m.correlation_maps(x), ref)
+    torch.testing.assert_close(correlation(x, m.prototypes), ref)
+    f, maps = m(x, return_maps=True)
+    assert f.shape == (3, 8)
+    torch.testing.assert_close(f.norm(dim=1), torch.ones(3))
+    assert maps["correlation"].shape == (3, 4, 5, 5)
+    torch.testing.assert_close(maps["weights"], F.softplus(ref))
+    assert maps["residuals"].shape == (3, 4, 6) and maps["prototype_cosine"].shape == (4, 4)
+
+
+def test_embedding_is_mean_of_per_prototype_networks():
+    torch.manual_seed(1)
+    m = CodedResidualTransform(4, 3, 5)
+    x = torch.randn(2, 4, 3, 3)
+    r = residual_encoding(x, m.prototypes)
+    outs = [F.gelu(r[:, k] @ m.w1[k] + m.b1[k]) @ m.w2[k] + m.b2[k] for k in range(3)]
+    torch.testing.assert_close(m(x), F.normalize(torch.stack(outs).mean(0), dim=1))  # eq. (2)
+
+
+def test_diversity_loss_orthogonal_and_identical():
+    assert float(prototype_diversity_loss(torch.eye(4, 6))) == pytest.approx(0.0, abs=1e-7)
+    same = torch.randn(1, 6).repeat(5, 1)
+    assert float(prototype_diversity_loss(same)) == pytest.approx(1.0, abs=1e-6)
+    assert float(prototype_diversity_loss(torch.randn(1, 6))) == 0.0
+    p = torch.randn(5, 6)
+    cos = F.cosine_similarity(p[:, None], p[None], dim=2)
+    torch.testing.assert_close(prototype_cosine(p), cos)
+    off = ~torch.eye(5, dtype=torch.bool)
+    torch.testing.assert_close(prototype_diversity_loss(p), cos[off].abs().mean())
+
+
+def test_consistency_loss():
+    f = torch.randn(6, 8)
+    assert float(cross_branch_consistency_loss(f, f)) == pytest.approx(0.0, abs=1e-7)
+    # scale and rotation do not change cosine matrices; a different dimension is allowed
+    q, _ = torch.linalg.qr(torch.randn(8, 8))
+    pad = torch.cat([3 * f @ q, torch.zeros(6, 4)], dim=1)
+    assert float(cross_branch_consistency_loss(f, pad)) == pytest.approx(0.0, abs=1e-6)
+    g = torch.randn(6, 3)
+    a, b = F.normalize(f, dim=1), F.normalize(g, dim=1)
+    ref = sum(abs(float(a[i] @ a[j] - b[i] @ b[j])) for i in range(6) for j in range(6)) / 36
+    assert float(cross_branch_consistency_loss(f, g)) == pytest.approx(ref, rel=1e-5)
+    with pytest.raises(ValueError, match="same images"):
+        cross_branch_consistency_loss(f, torch.randn(5, 8))
+
+
+def test_shared_vs_separate_parameter_counts():
+    c, k, d = 10, 7, 6
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    gamma = c * d + d + d * d + d
+    assert count(CodedResidualTransform(c, k, d)) == k * c + k * gamma
+    assert count(CodedResidualTransform(c, k, d, shared_embedding=True)) == k * c + gamma
+    x = torch.randn(2, c, 3, 3)
+    assert CodedResidualTransform(c, k, d, shared_embedding=True)(x).shape == (2, d)
+
+
+def test_two_branch_and_objective():
+    torch.manual_seed(0)
+    m = TwoBranchCRT(6, (3, 5), (4, 8))
+    x = torch.randn(8, 6, 3, 3)
+    f = m(x)
+    assert f.shape == (8, 12)
+    torch.testing.assert_close(f.norm(dim=1), torch.ones(8))
+    f1, f2 = m.split(f)
+    torch.testing.assert_close(f1, m.branches[0](x))
+    torch.testing.assert_close(f2, m.branches[1](x))
+    labels = torch.arange(4).repeat_interleave(2)
+    ms = MultiSimilarityLoss()
+    obj = CRTObjective(m, ms, diversity_weight=1.0, metric_weight=2.0, consistency_weight=0.5)
+    assert list(obj.parameters()) == []  # the model is referenced, not registered
+    expected = (prototype_diversity_loss(m.branches[0].prototypes)
+                + prototype_diversity_loss(m.branches[1].prototypes)
+                + 2.0 * (ms(f1, labels) + ms(f2, labels))
+                + 0.5 * cross_branch_consistency_loss(f1, f2))
+    torch.testing.assert_close(obj(f, labels), expected)
+    obj(f, labels).backward()
+    assert m.branches[0].prototypes.grad is not None
+
+
+def test_bad_inputs_raise_clear_errors():
+    with pytest.raises(ValueError, match="num_prototypes"):
+        CodedResidualTransform(4, 0, 8)
+    with pytest.raises(ValueError, match="in_channels"):
+        CodedResidualTransform(0, 2, 8)
+    m = CodedResidualTransform(4, 2, 8)
+    with pytest.raises(ValueError, match="in_channels=4"):
+        m(torch.randn(2, 5, 3, 3))
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        m(torch.randn(2, 4, 9))
+    with pytest.raises(ValueError, match="prototypes"):
+        residual_encoding(torch.randn(1, 4, 2, 2), torch.randn(3, 5))
+    with pytest.raises(ValueError, match="num_prototypes"):
+        TwoBranchCRT(4, (3,), (4, 8))
+    with pytest.raises(ValueError, match="model"):
+        CRTObjective(torch.nn.Linear(2, 2), MultiSimilarityLoss())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    torch.manual_seed(0)
+    m = CodedResidualTransform(6, 4, 8)
+    x = torch.randn(3, 6, 4, 4)
+    ref = m(x)
+    torch.testing.assert_close(m.cuda()(x.cuda()).cpu(), ref, atol=1e-5, rtol=1e-4)
