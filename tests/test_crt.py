@@ -158,3 +158,30 @@ def test_cuda_matches_cpu():
     x = torch.randn(3, 6, 4, 4)
     ref = m(x)
     torch.testing.assert_close(m.cuda()(x.cuda()).cpu(), ref, atol=1e-5, rtol=1e-4)
+
+
+def test_prototype_figures_and_explorer():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dmlviz.viz.prototypes import crt_explorer, plot_metric_panels, plot_object_share
+
+    fig = plot_object_share({"before": [0.1, 0.5], "after": [0.2, 0.7]}, chance=0.2)
+    assert len(fig.axes[0].patches) == 4
+    with pytest.raises(ValueError, match="prototypes"):
+        plot_object_share({"a": [0.1, 0.2], "b": [0.3]}, chance=0.2)
+    fig2 = plot_metric_panels({"Recall@1": {"baseline": 0.5, "crt": 0.9},
+                               "ρ": {"baseline": 0.3, "crt": 0.4}})
+    assert len(fig2.axes) == 2
+    torch.manual_seed(0)
+    m = CodedResidualTransform(4, 3, 5)
+    maps = [torch.randn(4, 2, 2), torch.randn(4, 3, 3)]
+    images = [torch.rand(3, 16, 16), torch.rand(3, 24, 24)]
+    box = crt_explorer(m, maps, images, titles=["a", "b"])
+    slider = box.children[0].children[0]
+    slider.value = 2  # redraws without error
+    with pytest.raises(ValueError, match="same length"):
+        crt_explorer(m, maps, images[:1])
+    plt.close("all")
