@@ -430,7 +430,7 @@ def fit_attention_embedder(train_maps: torch.Tensor, train_labels: torch.Tensor,
                            test_maps: torch.Tensor, test_labels: torch.Tensor, *,
                            attention: str = "csalr", embedding_dim: int = 64,
                            deep_supervision: float = 1.0, seed: int = 0, epochs: int = 10,
-                           p: int = 8, k: int = 4, lr: float = 1e-3,
+                           p: int = 8, k: int = 4, lr: float = 1e-3, eval_every: int = 1,
                            device: str | torch.device = "auto", progress: bool = False,
                            **attention_kwargs):
     """Build an :class:`AttentionEmbedder` from ``seed`` and train it with MS loss (+ λ CE).
@@ -442,7 +442,7 @@ def fit_attention_embedder(train_maps: torch.Tensor, train_labels: torch.Tensor,
         attention: ``"none"``, ``"sa"`` or ``"csalr"``.
         embedding_dim: ``D``.
         deep_supervision: λ of eq. (18); 0 turns the head off.
-        seed, epochs, p, k, lr, device, progress: as for :func:`dmlviz.train.fit`.
+        seed, epochs, p, k, lr, eval_every, device, progress: as for :func:`dmlviz.train.fit`.
         **attention_kwargs: passed to the attention block.
 
     Returns:
@@ -461,6 +461,7 @@ def fit_attention_embedder(train_maps: torch.Tensor, train_labels: torch.Tensor,
                               **attention_kwargs)
     loss = DeepSupervisedLoss(MultiSimilarityLoss(), deep_supervision)
     history = fit(model, loss, train_maps, train_labels, test_inputs=test_maps,
-                  test_labels=test_labels, epochs=epochs, p=p, k=k, lr=lr, seed=seed,
+                  test_labels=test_labels, epochs=epochs, p=p, k=k, lr=lr,
+                  eval_every=eval_every, seed=seed,
                   device=device, progress=progress)
     return model, history
