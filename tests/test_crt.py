@@ -166,7 +166,12 @@ def test_prototype_figures_and_explorer():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from dmlviz.viz.prototypes import crt_explorer, plot_metric_panels, plot_object_share
+    from dmlviz.viz.prototypes import (
+        crt_explorer,
+        plot_metric_panels,
+        plot_object_share,
+        plot_prototype_map,
+    )
 
     fig = plot_object_share({"before": [0.1, 0.5], "after": [0.2, 0.7]}, chance=0.2)
     assert len(fig.axes[0].patches) == 4
@@ -179,9 +184,12 @@ def test_prototype_figures_and_explorer():
     m = CodedResidualTransform(4, 3, 5)
     maps = [torch.randn(4, 2, 2), torch.randn(4, 3, 3)]
     images = [torch.rand(3, 16, 16), torch.rand(3, 24, 24)]
-    box = crt_explorer(m, maps, images, titles=["a", "b"])
+    box = crt_explorer(m, maps, images, masks=[torch.rand(16, 16) > 0.5, None], titles=["a", "b"])
     slider = box.children[0].children[0]
     slider.value = 2  # redraws without error
     with pytest.raises(ValueError, match="same length"):
         crt_explorer(m, maps, images[:1])
+    assert len(plot_prototype_map(images[1], torch.randn(3, 3)).axes) == 3  # + colour bar
+    with pytest.raises(ValueError, match="corr"):
+        plot_prototype_map(images[1], torch.randn(3))
     plt.close("all")

@@ -13,7 +13,57 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-__all__ = ["crt_explorer", "plot_metric_panels", "plot_object_share"]
+__all__ = ["crt_explorer", "plot_metric_panels", "plot_object_share", "plot_prototype_map"]
+
+
+def _as_hwc(image) -> np.ndarray:
+    x = image.detach().cpu().numpy() if torch.is_tensor(image) else np.asarray(image)
+    if x.ndim == 3 and x.shape[0] in (1, 3) and x.shape[-1] not in (1, 3):
+        x = x.transpose(1, 2, 0)
+    x = x.astype(float) / (255.0 if x.dtype == np.uint8 or x.max() > 1.5 else 1.0)
+    return np.repeat(x, 3, axis=2) if x.shape[2] == 1 else x
+
+
+def plot_prototype_map(image, corr: torch.Tensor, *, lim: float | None = None, mask=None,
+                       title: str = "", size: float = 3.0):
+    """An image beside one prototype's correlation map ``x_j·c_k`` drawn over it.
+
+    Args:
+        image: ``(3, S, S)`` float in [0, 1] or ``(S, S, 3)`` uint8.
+        corr: ``(H, W)`` correlation map (each cell drawn as the block of pixels it covers).
+        lim: colour limit ±lim (default: the map's largest magnitude).
+        mask: optional ``(S, S)`` object mask, outlined.
+        title: figure title.
+        size: inches per panel.
+
+    Returns:
+        The matplotlib figure.
+    """
+    if not torch.is_tensor(corr) or corr.ndim != 2:
+        raise ValueError(f"corr must be a tensor (H, W), got "
+                         f"{tuple(corr.shape) if torch.is_tensor(corr) else type(corr).__name__}")
+    img = _as_hwc(image)
+    lim = float(corr.abs().max()) if lim is None else float(lim)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 0.8, size + 0.4))
+    axes[0].imshow(img, interpolation="nearest")
+    h, w = img.shape[:2]
+    extent = (-0.5, w - 0.5, h - 0.5, -0.5)
+    axes[1].imshow(img.mean(axis=2), cmap="gray", alpha=0.5, interpolation="nearest")
+    im = axes[1].imshow(corr.detach().cpu().double().numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim,
+                        alpha=0.75, extent=extent, interpolation="nearest")
+    if mask is not None:
+        m = mask.detach().cpu().numpy() if torch.is_tensor(mask) else np.asarray(mask)
+        for ax in axes:
+            ax.contour(m.astype(float), levels=[0.5], colors="white", linewidths=0.8)
+    axes[0].set_title("image", fontsize=8)
+    axes[1].set_title("correlation (red: weighted by softplus)", fontsize=8)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.04)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 def plot_object_share(shares: Mapping[str, Sequence[float]], chance: float, ax=None):
@@ -90,13 +140,12 @@ def crt_explorer(model, maps: torch.Tensor, images, masks=None, titles=None):
         maps: ``(B, C, H, W)`` backbone maps of the images offered, or a list of ``(C, H, W)``
             maps of differing sizes.
         images: the ``B`` images (``(3, S, S)`` floats in [0, 1] or ``(S, S, 3)`` uint8 each).
-        masks: optional ``(B, S, S)`` object masks (outlined; only for a tensor of maps).
+        masks: optional object masks, outlined: ``(B, S, S)`` or a list of ``(S, S)`` masks
+            or ``None`` (images without a mask).
         titles: optional name per image (the picker's labels).
     """
     import ipywidgets as widgets
     from IPython.display import display
-
-    from dmlviz.viz.aia_maps import plot_map_rows
 
     if len(maps) != len(images):
         raise ValueError(f"maps and images must have the same length, got {len(maps)} and "
@@ -111,14 +160,12 @@ def crt_explorer(model, maps: torch.Tensor, images, masks=None, titles=None):
 
     def redraw(change=None):
         i, k = pick.value, proto.value
-        m = corr[i][k:k + 1]  # (1, H, W)
         lim = max(float(c[k].abs().max()) for c in corr)
         with out:
             out.clear_output(wait=True)
-            fig = plot_map_rows([images[i]], {f"x·c{k}": m},
-                                masks=None if masks is None else masks[i:i + 1],
-                                vlims={f"x·c{k}": (-lim, lim)}, size=3.0, cmap="RdBu_r")
-            fig.suptitle(f"{names[i]}: correlation with prototype c{k}", fontsize=9)
+            fig = plot_prototype_map(images[i], corr[i][k], lim=lim,
+                                     mask=None if masks is None else masks[i],
+                                     title=f"{names[i]}: x·c{k}")
             display(fig)
             plt.close(fig)
 
