@@ -84,14 +84,14 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--max-gib", type=float, default=None,
-                    help="skip explicit SA when its two N×N maps exceed this (default 1.5 CPU, "
+                    help="skip explicit SA when its two N×N maps exceed this (default 4 CPU, "
                          "40 CUDA)")
     args = ap.parse_args(argv)
     device = get_device(args.device)
     dtype = DTYPES[args.dtype]
     sizes = args.sizes or ([1024, 4096, 16384] + ([65536] if device.type == "cuda" else []))
     max_bytes = (args.max_gib if args.max_gib is not None
-                 else (40.0 if device.type == "cuda" else 1.5)) * 2**30
+                 else (40.0 if device.type == "cuda" else 4.0)) * 2**30
     item = torch.empty((), dtype=dtype).element_size()
     print(f"device={device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU, ' + str(torch.get_num_threads()) + ' threads'}), "
           f"dtype={args.dtype}, C={args.channels}, M={args.landmarks}, torch {torch.__version__}")
