@@ -234,3 +234,33 @@ def test_cuda_matches_cpu():
     m = _module(channels=16, qk_channels=8, landmarks=(2, 4), groups=2).float()
     x = torch.randn(2, 16, 8, 8)
     torch.testing.assert_close(m.cuda()(x.cuda()).cpu(), m.cpu()(x), rtol=1e-4, atol=1e-4)
+
+
+def test_figures_and_explorer():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dmlviz.cost import ModuleCost
+    from dmlviz.viz.csalr_maps import csalr_explorer, plot_cost, plot_reconstruction_points
+
+    a = torch.softmax(torch.randn(16, 16), -1)
+    fig = plot_reconstruction_points(torch.rand(3, 32, 32), a, a + 0.01, (4, 4), [(0, 0), (3, 2)])
+    assert len(fig.axes) == 6
+    with pytest.raises(ValueError, match="outside the 4×4 grid"):
+        plot_reconstruction_points(torch.rand(3, 32, 32), a, a, (4, 4), [(4, 0)])
+    table = {n: ModuleCost(0, 0, v, 2**20, (1,), 2, "cpu") for n, v in (("SA", 3.0), ("CSALR G=1", 9.0))}
+    assert len(plot_cost(table).axes) == 2
+    with pytest.raises(ValueError, match="not in the table"):
+        plot_cost(table, names=["nope"])
+    calls = []
+
+    def maps_fn(i, m, g):
+        calls.append((i, m, g))
+        return a, a
+
+    box = csalr_explorer([torch.rand(3, 32, 32)] * 2, maps_fn, (4, 4))
+    box.children[0].children[0].value = 1  # the first slider redraws
+    assert calls == [(0, 96, 1), (1, 96, 1)]
+    plt.close("all")
