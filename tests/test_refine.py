@@ -44,7 +44,7 @@ def _slow_block(block: CrossAttentionBlock, e: torch.Tensor, c: torch.Tensor):
             a = a / a.sum()
             weights[b, i] = a
             heads.append(sum(a[j] * block.v(s * c[b, j])[sl] for j in range(c.shape[1])))
-        out[b] = block.out(torch.cat(heads))
+        out[b] = block.out(torch.cat(heads)) / s
     return out, weights
 
 

@@ -48,7 +48,9 @@ Interpretations — no copy of the paper was at hand when this was written; wher
   (2)–(3) are tested as written for any weights.
 * Embeddings and contexts are L2-normalised on entry. Their coordinates are then ~1/√D,
   so the projections see ``√D·e`` and ``√D·c`` (a fixed rescaling, so the default
-  ``nn.Linear`` initialisation gives attention logits of order one).
+  ``nn.Linear`` initialisation gives attention logits of order one), and the block's output
+  is divided by √D again, so the update is on the scale of the unit query it is added to
+  (as in a transformer, where residual stream and block output share one scale).
 * No LayerNorm or feed-forward sub-layer in a block: eq. (2) is attention plus ``W_O``.
 * The "both" row of Table 4 is read as the full method (CA over the neighbours), above.
 * Contexts for training are the neighbours among the *training* embeddings (self
@@ -198,10 +200,10 @@ class CrossAttentionBlock(nn.Module):
         scale = math.sqrt(self.dim)  # unit vectors -> coordinates of order one
         heads, weights = cross_attention(self.q(scale * e), self.k(scale * context),
                                          self.v(scale * context), self.num_heads)  # eq. (2)
-        return self.out(heads), weights  # (B, D), (B, H, K)
+        return self.out(heads) / scale, weights  # (B, D), (B, H, K) back to the unit scale
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, num_heads={self.num_heads}"
+        return f"dim={self.dim}, num_heads={self.num_heads}, scale=sqrt(dim) in, 1/sqrt(dim) out"
 
 
 class NeighborRefiner(nn.Module):
