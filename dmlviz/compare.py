@@ -4,31 +4,33 @@ Every method of the course becomes a *head* on the same frozen EfficientNet-Lite
 maps, trained with the same P×K loop (:func:`dmlviz.train.fit`), the same epochs, batch
 and learning rate, from the same seeds, and evaluated on the same unseen classes:
 
-=============  ==================================================================  ==========
-method         head                                                                loss
-=============  ==================================================================  ==========
-``baseline``   GAP → linear (no attention)                                          MS
-``sa``         self-attention block (CSALR paper's SA baseline, eqs. 1–2) → GAP → linear  MS
-``csalr``      CSALR block (Nyström-compressed self-attention, eq. 17) → GAP → linear  MS
-``soa``        global + local heads with second-order attention (eqs. 1–4)          hybrid (eq. 7)
-``crt``        coded residual transform over learned prototypes (eqs. 1–2)          MS
-``aia``        attention in attention with the Gaussian (RFF) kernel (eqs. 13–17) → GAP → linear  MS
-=============  ==================================================================  ==========
+=============  ========================================================  =====================
+method         head                                                      objective
+=============  ========================================================  =====================
+``baseline``   GAP → linear (no attention)                               MS
+``sa``         self-attention block (CSALR paper's SA baseline) → GAP    MS + deep supervision
+``csalr``      CSALR block (Nyström-compressed attention, eq. 17) → GAP  MS + deep supervision
+``soa``        global + local heads with second-order attention (eq. 4)  MS + 0.03·PA (eq. 7)
+``crt``        coded residual transform over 16 prototypes (eqs. 1–2)    MS + L_DIV (eq. 3)
+``aia``        attention in attention, Gaussian (RFF) kernel → GAP       MS
+=============  ========================================================  =====================
 
 Choices (the notebook states them next to the table):
 
 * One tap for every single-map head: the stride-16 map (112 channels); ``soa`` also gets the
-  stride-32 map, since two scales are what that method is about.
-* Each method keeps the loss its paper pairs it with where that loss is a *loss*
-  (``soa``: MS + 0.03·Proxy-Anchor); regularisers that need the model's internals (CRT's
-  diversity and consistency terms, CSALR's deep supervision) are left out so that every
-  head trains through the same ``loss(embeddings, labels)`` call — their own notebooks
-  (02, 04) measure those terms.
+  stride-32 map, since two scales are what that method is about. CSALR takes ``H/2 × W/2``
+  landmarks (16 of the 64 positions of an 8×8 map).
+* Each method trains with its own paper's objective where that objective is a function of
+  the head's output and the labels (every one above plugs into ``loss(output, labels)`` of
+  :func:`dmlviz.train.fit`): deep supervision (eq. 18, λ = 1) for SA and CSALR, the hybrid
+  loss for SOA, the prototype-diversity term for CRT. CRT's cross-branch consistency needs
+  two branches and is left out (notebook 04 measures it).
 * Neighbour refinement (notebook 06) is not a head: it is trained on top of the frozen
   embeddings of the best head (by mean Recall@1) and reported as one more row.
 * Costs (parameters, FLOPs, images/s, peak memory) are of the head alone at one input, on
   the device in use, measured in the same run (:mod:`dmlviz.cost`); the frozen backbone is
-  shared by all rows and not counted.
+  shared by all rows and not counted. Deep-supervision classifiers only run in training and
+  are not counted either.
 """
 
 from __future__ import annotations
@@ -55,23 +57,25 @@ class Method:
     Attributes:
         label: the name shown in tables and figures.
         paper: where the method comes from (and the notebook that teaches it).
+        objective: the training objective, in words.
         two_maps: the head takes ``(local, global)`` maps instead of the local map alone.
-        loss: ``"ms"`` or ``"hybrid"``.
     """
 
     label: str
     paper: str
+    objective: str = "MS"
     two_maps: bool = False
-    loss: str = "ms"
 
 
 METHODS: dict[str, Method] = {
     "baseline": Method("baseline (GAP + linear)", "notebook 00"),
-    "sa": Method("+ self-attention", "CSALR paper's SA baseline, notebook 02"),
-    "csalr": Method("+ CSALR", "Chen et al. IJCAI-20, notebook 02"),
+    "sa": Method("+ self-attention", "CSALR paper's SA baseline, notebook 02",
+                 "MS + deep supervision (eq. 18)"),
+    "csalr": Method("+ CSALR", "Chen et al. IJCAI-20, notebook 02",
+                    "MS + deep supervision (eq. 18)"),
     "soa": Method("global/local + SOA, hybrid loss", "Ebrahimpour et al. WACV-22, notebook 03",
-                  two_maps=True, loss="hybrid"),
-    "crt": Method("+ CRT", "Kan et al. NeurIPS-22, notebook 04"),
+                  "MS + 0.03 Proxy-Anchor (eq. 7)", two_maps=True),
+    "crt": Method("+ CRT", "Kan et al. NeurIPS-22, notebook 04", "MS + prototype diversity (eq. 3)"),
     "aia": Method("+ AiA (Gaussian)", "Fang et al. TPAMI, notebook 05"),
 }
 
@@ -180,36 +184,31 @@ def build_method(name: str, local_channels: int, global_channels: int, embedding
         ``(head, loss)``: the head maps the local map ``(B, C, H, W)`` — or the pair
         ``(local, global)`` for ``soa`` — to unit embeddings ``(B, D)``.
     """
-    from dmlviz.attention.aia import AttentionEmbedder, KernelAttention
+    from dmlviz.attention import aia, crt, csalr
     from dmlviz.attention.second_order import GlobalLocalEmbedder, make_loss
+    from dmlviz.losses import MultiSimilarityLoss
 
-    method = _check_method(name)
+    _check_method(name)
     check_int(embedding_dim, "embedding_dim", 2)
+    num_classes = check_int(num_classes, "num_classes", 2)
     opts = dict((options or {}).get(name, {}))
     c = check_int(local_channels, "local_channels", 1)
-    if name == "baseline":
-        head = AttentionEmbedder(c, embedding_dim, None)
-    elif name == "sa":
-        from dmlviz.attention.csalr import SelfAttention
-
-        head = AttentionEmbedder(c, embedding_dim, SelfAttention(c, **opts))
-    elif name == "csalr":
-        from dmlviz.attention.csalr import CSALR
-
-        opts.setdefault("landmarks", (max(1, grid[0] // 2), max(1, grid[1] // 2)))
-        head = AttentionEmbedder(c, embedding_dim, CSALR(c, **opts))
-    elif name == "soa":
+    if name in ("sa", "csalr"):
+        if name == "csalr":
+            opts.setdefault("landmarks", (max(1, grid[0] // 2), max(1, grid[1] // 2)))
+        head = csalr.AttentionEmbedder(c, embedding_dim, name, num_classes=num_classes, **opts)
+        return head, csalr.DeepSupervisedLoss(MultiSimilarityLoss(), 1.0)  # eq. (18)
+    if name == "soa":
         opts.setdefault("zeta", 0.01)  # notebook 03, section 1: ζ = 1 saturates on these maps
         head = GlobalLocalEmbedder(c, check_int(global_channels, "global_channels", 1),
                                    embedding_dim, **opts)
-    elif name == "crt":
-        from dmlviz.attention.crt import CodedResidualTransform
-
+        return head, make_loss("hybrid", num_classes, embedding_dim)  # eq. (7)
+    if name == "crt":
         opts.setdefault("num_prototypes", 16)
-        head = CodedResidualTransform(c, embedding_dim=embedding_dim, **opts)
-    else:  # aia
-        head = AttentionEmbedder(c, embedding_dim, KernelAttention(c, "gaussian", **opts))
-    return head, make_loss(method.loss, num_classes, embedding_dim)
+        head = crt.CodedResidualTransform(c, embedding_dim=embedding_dim, **opts)
+        return head, crt.CRTObjective(head, MultiSimilarityLoss())  # L_DIV + L_MS
+    attention = None if name == "baseline" else aia.KernelAttention(c, "gaussian", **opts)
+    return aia.AttentionEmbedder(c, embedding_dim, attention), MultiSimilarityLoss()
 
 
 def _inputs(name: str, maps: tuple[torch.Tensor, torch.Tensor]):
