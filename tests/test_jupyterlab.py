@@ -17,7 +17,16 @@ Screenshots go to the test's ``tmp_path`` and, when ``DMLVIZ_SCREENSHOTS`` is se
 there too. The kernel uses the dmlviz cache of the test process (``$DMLVIZ_CACHE_DIR``, else
 ``~/.cache/dmlviz``), so features and checkpoints the papermill runs cached are reused.
 Marked ``browser`` (``--skip-browser`` skips it where Chromium is missing, never in CI) and
-``notebook`` (slow: deselect with ``-m "not notebook"``).
+``notebook`` (slow: deselect with ``-m "not notebook"``). ``DMLVIZ_CHROMIUM`` picks another
+Chromium binary (see ``conftest.chromium``).
+
+How it drives JupyterLab (``tests/jupyterlab_driver.py``): the server runs with
+``--LabApp.expose_app_in_browser`` so the page has ``window.jupyterapp``; "run all" is the
+command ``notebook:run-all-cells``, whose promise resolves when the last cell has finished
+(false when a cell raised or the kernel died); then the kernel's status must be ``idle``.
+Errors are read from the cell models (cell index, execution count, traceback tail). A failure
+message names the notebook and the step, adds the browser console and the JupyterLab log tail,
+and a screenshot of the page. The last four tests check the checker itself on tiny notebooks.
 """
 
 from __future__ import annotations
