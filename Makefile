@@ -42,7 +42,7 @@ report: setup
 	$(BIN)/dmlviz run all --profile $(PROFILE) --device $(DEVICE) --figures figures
 
 lint: setup
-	$(BIN)/ruff check dmlviz tests
+	$(BIN)/ruff check dmlviz tests benchmarks scripts
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache

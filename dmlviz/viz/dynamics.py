@@ -138,10 +138,12 @@ def plot_step_maps(maps: np.ndarray, labels, shown=None, movers=None, axes=None,
     if axes is None:
         _, axes = plt.subplots(1, len(shown), figsize=(3.3 * len(shown), 3.5))
     axes = np.atleast_1d(axes)
+    if len(axes) != len(shown):
+        raise ValueError(f"axes must hold one axis per shown step ({len(shown)}), got {len(axes)}")
     labels = _np(labels)
     lo, hi = maps.reshape(-1, 2).min(0), maps.reshape(-1, 2).max(0)
     pad = 0.04 * (hi - lo)
-    for ax, t in zip(axes, shown):
+    for ax, t in zip(axes, shown, strict=True):
         ax.scatter(maps[t, :, 0], maps[t, :, 1], c=labels, cmap="tab20", s=size, linewidths=0)
         for i in (movers if movers is not None and t > 0 else []):
             ax.annotate("", xy=maps[t, i], xytext=maps[0, i],
