@@ -84,3 +84,15 @@ def check_int(value, name: str, low: int, high: int | None = None) -> int:
     return value
 
 
+
+
+def check_feature_map(x, name: str, channels: int | None = None) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``x`` is a float tensor ``(B, C, H, W)``
+    (with ``C = channels`` when given, the channels a module was built for)."""
+    if not torch.is_tensor(x) or x.ndim != 4 or not x.is_floating_point():
+        got = (f"{type(x).__name__} {tuple(x.shape)} {x.dtype}" if torch.is_tensor(x)
+               else type(x).__name__)
+        raise ValueError(f"{name} must be a float feature map (B, C, H, W), got {got}")
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(f"{name} must have C = {channels} channels (what the module was built "
+                         f"for), got shape {tuple(x.shape)}")

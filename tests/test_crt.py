@@ -138,7 +138,7 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="in_channels"):
         CodedResidualTransform(0, 2, 8)
     m = CodedResidualTransform(4, 2, 8)
-    with pytest.raises(ValueError, match="in_channels=4"):
+    with pytest.raises(ValueError, match="C = 4 channels"):
         m(torch.randn(2, 5, 3, 3))
     with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
         m(torch.randn(2, 4, 9))

@@ -62,7 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dmlviz.checks import check_int
+from dmlviz.checks import check_feature_map, check_int
 
 __all__ = [
     "KINDS",
@@ -91,14 +91,6 @@ def _check_positive(value, name: str) -> float:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
 
-
-def _check_map(x, name: str, channels: int | None = None) -> None:
-    if not torch.is_tensor(x) or x.ndim != 4 or not x.is_floating_point():
-        got = (f"{type(x).__name__} {tuple(x.shape)} {x.dtype}" if torch.is_tensor(x)
-               else type(x).__name__)
-        raise ValueError(f"{name} must be a float feature map (B, C, H, W), got {got}")
-    if channels is not None and x.shape[1] != channels:
-        raise ValueError(f"{name} must have C = {channels} channels, got shape {tuple(x.shape)}")
 
 
 # ----------------------------------------------------------------------------- kernel features
@@ -316,7 +308,7 @@ class KernelAttention(nn.Module):
         Returns:
             ``x^z = z ⊗ x``, ``(B, C, H, W)``; and the maps if asked.
         """
-        _check_map(x, "x", self.channels)
+        check_feature_map(x, "x", self.channels)
         k = self.features(self.reduce(x))  # (B, c', H, W) ϕ(φ(x)), eq. (1)
         outer = self.outer(k)  # (B, C, H, W) ψ(ϕ(x̃))
         w = None
@@ -359,7 +351,7 @@ class SEBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, return_maps: bool = False):
         """Args: x ``(B, C, H, W)``. Returns: ``z ⊗ x`` and, if asked, ``{"z": (B, C)}``."""
-        _check_map(x, "x", self.channels)
+        check_feature_map(x, "x", self.channels)
         z = torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean(dim=(2, 3))))))  # (B, C) eq. (5)
         y = z[:, :, None, None] * x
         return (y, {"z": z}) if return_maps else y
@@ -511,7 +503,7 @@ class AttentionEmbedder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args: x ``(B, C, H, W)``. Returns: ``(B, D)`` unit-norm embeddings."""
-        _check_map(x, "x", self.channels)
+        check_feature_map(x, "x", self.channels)
         if self.attention is not None:
             x = self.attention(x)  # (B, C, H, W)
         return F.normalize(self.linear(x.mean(dim=(2, 3))), dim=1)  # (B, D)
@@ -547,8 +539,8 @@ def fit_attention_head(name: str, train_maps: torch.Tensor, train_labels: torch.
     from dmlviz.train import fit
     from dmlviz.utils import seed_everything
 
-    _check_map(train_maps, "train_maps")
-    _check_map(test_maps, "test_maps", train_maps.shape[1])
+    check_feature_map(train_maps, "train_maps")
+    check_feature_map(test_maps, "test_maps", train_maps.shape[1])
     seed_everything(seed)
     c = train_maps.shape[1]
     model = AttentionEmbedder(c, embedding_dim, make_attention(name, c, **attention_kwargs))

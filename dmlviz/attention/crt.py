@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dmlviz.checks import check_int
+from dmlviz.checks import check_feature_map, check_int
 
 __all__ = [
     "CRTObjective",
@@ -54,14 +54,6 @@ __all__ = [
     "residual_encoding",
 ]
 
-
-def _check_map(x, name: str, channels: int | None = None) -> None:
-    if not torch.is_tensor(x) or x.ndim != 4 or not x.is_floating_point():
-        raise ValueError(f"{name} must be a float tensor (B, C, H, W), got "
-                         f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
-    if channels is not None and x.shape[1] != channels:
-        raise ValueError(f"{name} has {x.shape[1]} channels but the module was built for "
-                         f"in_channels={channels}")
 
 
 def _check_prototypes(prototypes, channels: int | None = None) -> None:
@@ -84,7 +76,7 @@ def correlation(x: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(B, K, H, W)`` correlation maps.
     """
-    _check_map(x, "x")
+    check_feature_map(x, "x")
     _check_prototypes(prototypes, x.shape[1])
     return torch.einsum("bchw,kc->bkhw", x, prototypes)  # (B, K, H, W)
 
@@ -198,7 +190,7 @@ class CodedResidualTransform(nn.Module):
 
     def correlation_maps(self, x: torch.Tensor) -> torch.Tensor:
         """``x_j · c_k`` for every position and prototype: ``(B, C, H, W) → (B, K, H, W)``."""
-        _check_map(x, "x", self.in_channels)
+        check_feature_map(x, "x", self.in_channels)
         return correlation(x, self.prototypes)
 
     def embed_residuals(self, r: torch.Tensor) -> torch.Tensor:
@@ -214,7 +206,7 @@ class CodedResidualTransform(nn.Module):
 
         Returns: ``(B, D)`` unit-norm embeddings (and the maps).
         """
-        _check_map(x, "x", self.in_channels)
+        check_feature_map(x, "x", self.in_channels)
         r, w = residual_encoding(x, self.prototypes, return_weights=True)  # (B, K, C)
         f = F.normalize(self.embed_residuals(r).mean(dim=1), dim=1)  # eq. (2)  (B, D)
         if not return_maps:

@@ -62,7 +62,7 @@ from dmlviz.attention.nystrom import (
     nystrom_softmax_attention,
     patches,
 )
-from dmlviz.checks import check_int
+from dmlviz.checks import check_feature_map, check_int
 
 __all__ = [
     "ATTENTIONS",
@@ -78,14 +78,6 @@ __all__ = [
 
 ATTENTIONS = ("none", "sa", "csalr")
 
-
-def _check_map(x, name: str, channels: int | None = None) -> None:
-    if not torch.is_tensor(x) or x.ndim != 4 or not x.is_floating_point():
-        got = (f"{type(x).__name__} {tuple(x.shape)} {x.dtype}" if torch.is_tensor(x)
-               else type(x).__name__)
-        raise ValueError(f"{name} must be a float feature map (B, C, H, W), got {got}")
-    if channels is not None and x.shape[1] != channels:
-        raise ValueError(f"{name} must have C = {channels} channels, got shape {tuple(x.shape)}")
 
 
 def landmark_grid(landmarks, size: tuple[int, int]) -> tuple[int, int]:
@@ -216,7 +208,7 @@ class _Projections(nn.Module):
 
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``x (B, C, H, W)`` → ``q, k (B, G, N, Cq/G)``, ``v (B, G, N, C/G)``."""
-        _check_map(x, "x", self.channels)
+        check_feature_map(x, "x", self.channels)
         b, g = x.shape[0], self.groups
 
         def heads(t: torch.Tensor) -> torch.Tensor:  # (B, G·c, H, W) → (B, G, N, c)
@@ -413,7 +405,7 @@ class AttentionEmbedder(nn.Module):
     def forward(self, x: torch.Tensor):
         """Args: x ``(B, C, H, W)``. Returns: ``(B, D)`` unit embeddings, or a
         :class:`SupervisedEmbedding` in training mode with deep supervision."""
-        _check_map(x, "x", self.channels)
+        check_feature_map(x, "x", self.channels)
         y = self.attention(x)  # (B, C, H, W)
         e = F.normalize(self.linear(y.mean(dim=(2, 3))), dim=1)  # (B, D)
         if self.classifier is not None and self.training:

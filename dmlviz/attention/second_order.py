@@ -62,7 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dmlviz.checks import check_int
+from dmlviz.checks import check_feature_map, check_int
 
 __all__ = [
     "BRANCHES",
@@ -81,14 +81,6 @@ __all__ = [
 
 BRANCHES = ("both", "local", "global")
 
-
-def _check_map(x, name: str, channels: int | None = None) -> None:
-    if not torch.is_tensor(x) or x.ndim != 4 or not x.is_floating_point():
-        got = (f"{type(x).__name__} {tuple(x.shape)} {x.dtype}" if torch.is_tensor(x)
-               else type(x).__name__)
-        raise ValueError(f"{name} must be a float feature map (B, C, H, W), got {got}")
-    if channels is not None and x.shape[1] != channels:
-        raise ValueError(f"{name} must have C = {channels} channels, got shape {tuple(x.shape)}")
 
 
 # ----------------------------------------------------------------------------- functional core
@@ -124,7 +116,7 @@ def second_order_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 def gap_gmp(x: torch.Tensor) -> torch.Tensor:
     """Global average plus global max pooling, eq. (4): ``(B, C, H, W)`` → ``(B, C)``."""
-    _check_map(x, "x")
+    check_feature_map(x, "x")
     return x.mean(dim=(2, 3)) + x.amax(dim=(2, 3))  # eq. (4)
 
 
@@ -134,7 +126,7 @@ def space_to_depth(x: torch.Tensor, block: int = 2) -> torch.Tensor:
     Output channel ``c·block² + i·block + j`` at ``(h, w)`` holds input channel ``c`` at
     ``(block·h + i, block·w + j)`` (the order of ``F.pixel_unshuffle``).
     """
-    _check_map(x, "x")
+    check_feature_map(x, "x")
     block = check_int(block, "block", 1)
     if x.shape[2] % block or x.shape[3] % block:
         raise ValueError(f"x must have H and W divisible by block = {block}, got shape "
@@ -237,7 +229,7 @@ class SecondOrderAttention(nn.Module):
     def forward(self, x: torch.Tensor, return_maps: bool = False):
         """Args: x ``(B, C, H, W)``. Returns: ``f_soa (B, C, H, W)``, and with
         ``return_maps=True`` also the attention ``a (B, N, N)`` (row = query position)."""
-        _check_map(x, "x", self.channels)
+        check_feature_map(x, "x", self.channels)
         b, _, h, w = x.shape
         q, k, v = (conv(x).flatten(2) for conv in (self.query, self.key, self.value))  # (B, C', N)
         out, a = second_order_attention(q, k, v, self.zeta)  # (B, C', N), (B, N, N) eq. (1)
@@ -301,8 +293,8 @@ class GlobalLocalEmbedder(nn.Module):
             self.linears = nn.ModuleDict({n: nn.Linear(channels[n], dim) for n in names})
 
     def _inputs(self, local_map: torch.Tensor, global_map: torch.Tensor) -> dict[str, torch.Tensor]:
-        _check_map(local_map, "local_map", self.local_channels)
-        _check_map(global_map, "global_map", self.global_channels)
+        check_feature_map(local_map, "local_map", self.local_channels)
+        check_feature_map(global_map, "global_map", self.global_channels)
         if len(local_map) != len(global_map):
             raise ValueError(f"local_map and global_map must have the same batch size B, got "
                              f"{len(local_map)} and {len(global_map)}")
