@@ -84,8 +84,6 @@ def check_int(value, name: str, low: int, high: int | None = None) -> int:
     return value
 
 
-
-
 def check_feature_map(x, name: str, channels: int | None = None) -> None:
     """Raise ``ValueError`` naming ``name`` unless ``x`` is a float tensor ``(B, C, H, W)``
     (with ``C = channels`` when given, the channels a module was built for)."""
