@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from dmlviz.checks import check_labels
+from dmlviz.utils import derive_seed
 
 # ----------------------------------------------------------------------------------------
 # A labelled image set (what every loader returns)
@@ -424,7 +425,8 @@ class PKSampler:
 
     Each epoch yields ``len(self)`` batches; every batch draws P distinct classes, then K
     images of each (without replacement when the class has at least K images, with
-    replacement otherwise). Deterministic for a seed: epoch e uses ``seed + e``.
+    replacement otherwise). Deterministic for a seed: epoch e draws from
+    ``utils.derive_seed(seed, e)``, so no two (seed, epoch) pairs share a batch order.
 
     Args:
         labels: ``(N,)`` class ids of the training set.
@@ -449,7 +451,7 @@ class PKSampler:
         return self.batches_per_epoch
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
         self.epoch += 1
         for _ in range(self.batches_per_epoch):
             chosen = torch.randperm(len(self.classes), generator=g)[: self.p]

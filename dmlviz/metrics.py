@@ -319,3 +319,34 @@ def spectral_decay(
     if bool((spectrum <= 0).any()):
         return float("inf")
     return float(-np.log(n) - torch.log(spectrum).mean())  # eq. (ρ): Σ (1/n) log((1/n)/S_i)
+
+
+@torch.no_grad()
+def recall_hits(embeddings: torch.Tensor, labels: torch.Tensor, k: int = 1, *,
+                chunk_size: int = 1024) -> torch.Tensor:
+    """Per-query Recall@K hits (leave-one-out), for paired tests over queries.
+
+    ``recall_hits(e, y, k).mean()`` equals ``retrieval_metrics(e, y)[f"recall@{k}"]``; the
+    per-query form lets :func:`dmlviz.claims.evaluate` resample queries (pass two methods'
+    hits on the same test set as ``hits_a`` / ``hits_b``).
+
+    Args:
+        embeddings: ``(N, D)`` embeddings.
+        labels: ``(N,)`` integer class labels.
+        k: the K of Recall@K, in [1, N − 1].
+        chunk_size: queries per similarity block in :func:`knn`.
+
+    Returns:
+        ``(Q,)`` float64 tensor of 0/1 on CPU, one per query whose class has another sample
+        (the queries :func:`retrieval_metrics` averages over), in sample order.
+    """
+    embeddings = as_tensor(embeddings, "embeddings")
+    labels = as_tensor(labels, "labels")
+    check_embeddings(embeddings, labels)
+    labels = labels.to(embeddings.device)
+    k = _check_ks((k,), embeddings.shape[0])[0]
+    _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    valid = counts[inverse] > 1  # (N,)
+    _, idx = knn(embeddings, None, k=k, exclude_self=True, chunk_size=chunk_size)  # (N, K)
+    hits = (labels[idx] == labels[:, None]).any(dim=1)[valid]  # (Q,)
+    return hits.double().cpu()

@@ -30,6 +30,29 @@ def seed_everything(seed: int) -> int:
     return seed
 
 
+def derive_seed(seed: int, *counters: int) -> int:
+    """An independent seed for ``(seed, *counters)``, e.g. one per (run seed, epoch).
+
+    ``seed + epoch`` makes seed 1's epoch e the same stream as seed 0's epoch e + 1, so runs
+    over "seeds 0, 1, 2" share most of their batches. Hashing the tuple through
+    ``numpy.random.SeedSequence`` gives streams that do not overlap for any two tuples.
+
+    Args:
+        seed: the run's seed, a non-negative integer.
+        *counters: non-negative integers (epoch, repeat, fold, …).
+
+    Returns:
+        A 63-bit non-negative integer seed (fits ``torch.Generator.manual_seed``).
+    """
+    values = (seed, *counters)
+    for i, v in enumerate(values):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
+            what = "seed" if i == 0 else f"counter {i}"
+            raise ValueError(f"derive_seed: {what} must be a non-negative integer, got {v!r}")
+    state = np.random.SeedSequence([int(v) for v in values]).generate_state(2, np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1])) & (2**63 - 1)
+
+
 def get_device(device: str | torch.device = "auto") -> torch.device:
     """Resolve a notebook's ``device`` parameter.
 

@@ -60,6 +60,7 @@ from typing import NamedTuple
 import torch
 
 from dmlviz.checks import check_int
+from dmlviz.utils import derive_seed
 
 INVERSES = ("solve", "pinv", "iterative")
 STRATEGIES = ("random", "even", "kmeans", "kmeans++")
@@ -285,7 +286,7 @@ def error_curve(A: torch.Tensor, ms: Sequence[int], strategy: str = "random", *,
         strategy: a :func:`landmarks` strategy (``"even"`` is drawn once: it is deterministic).
         features: ``(N, C)`` row features for the k-means strategies.
         size: ``(H, W)`` grid for ``"even"``.
-        repeats: draws (seeds ``seed, seed + 1, …``) of the random strategies.
+        repeats: draws of the random strategies (draw d seeded ``derive_seed(seed, d)``).
         seed: first seed.
         inverse: see :func:`nystrom` (default ``"pinv"``, so no draw stops a sweep).
         iterations: steps of the iterative pseudo-inverse.
@@ -296,7 +297,7 @@ def error_curve(A: torch.Tensor, ms: Sequence[int], strategy: str = "random", *,
     _check_matrix(A, square=True, why=" for an error curve")
     draws = 1 if strategy == "even" else check_int(repeats, "repeats", 1)
     return torch.tensor([[relative_error(A, nystrom(A, landmarks(
-        A.shape[0], m, strategy, features=features, size=size, seed=seed + d),
+        A.shape[0], m, strategy, features=features, size=size, seed=derive_seed(seed, d)),
         inverse=inverse, iterations=iterations)) for m in ms] for d in range(draws)],
         dtype=torch.float64)
 
