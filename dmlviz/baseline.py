@@ -52,6 +52,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+CLAIM_PREFIX = "claim:"
+DIFFERENCE_WORDS = ("minus", "gain", "diff", "delta", "change")
+MIN_ABS = 0.02
 SPEC_KEYS = ("value", "abs", "rel", "at_least", "at_most", "why", "key")
 DEFAULT_REL = 0.10
 DEFAULT_ZERO_ABS = 1e-6
@@ -206,14 +209,27 @@ def describe_tolerance(spec: dict) -> str:
     return ", ".join(parts)
 
 
-def check_metric(value: Any, spec: dict, present: bool = True) -> str | None:
+def is_claim(metric: str) -> bool:
+    """``claim:<id>`` metrics hold a claim's verdict (written by :mod:`dmlviz.claims`)."""
+    return metric.startswith(CLAIM_PREFIX)
+
+
+def check_metric(value: Any, spec: dict, present: bool = True,
+                 claim_name: str | None = None) -> str | None:
     """Check one recorded value against its spec.
+
+    Args:
+        value: the recorded value.
+        spec: its baseline spec.
+        present: whether the run recorded it at all.
+        claim_name: the claim id when the metric is a claim's verdict (its regression
+            then reads "verdict changed: reproduced → not established").
 
     Returns:
         ``None`` when the value meets the spec, else the reason it is a regression.
     """
     if not present:
-        return "not recorded by the run"
+        return "claim not evaluated by the run" if claim_name else "not recorded by the run"
     numeric = any(k in spec for k in ("abs", "rel", "at_least", "at_most"))
     if numeric and value is None:
         return "recorded as null (NaN or inf)"
@@ -226,6 +242,8 @@ def check_metric(value: Any, spec: dict, present: bool = True) -> str | None:
             if not abs(value - want) <= allowed:
                 return f"{fmt(value)} is {fmt(abs(value - want))} from {fmt(want)} (allowed {fmt(allowed)})"
         elif not same_value(value, want):
+            if claim_name is not None:
+                return f"verdict changed: {fmt(want)} → {fmt(value)}"
             return f"{fmt(value)} != expected {fmt(want)}"
     if "at_least" in spec and not value >= spec["at_least"]:
         return f"{fmt(value)} < at_least {fmt(spec['at_least'])}"
@@ -238,7 +256,8 @@ def find_regressions(metrics: dict, entries: dict) -> list[dict]:
     out = []
     for name in sorted(entries):
         spec = entries[name]
-        reason = check_metric(metrics.get(name), spec, present=name in metrics)
+        reason = check_metric(metrics.get(name), spec, present=name in metrics,
+                              claim_name=name[len(CLAIM_PREFIX):] if is_claim(name) else None)
         if reason is not None:
             out.append({"metric": name, "value": metrics.get(name), "baseline": spec.get("value"),
                         "tolerance": tolerance_of(spec), "reason": reason})
@@ -258,18 +277,75 @@ def default_spec(value: Any, source: str) -> dict:
     return {"value": value, "why": f"DEFAULT exact match, {source}"}
 
 
-def make_baseline(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
-                  fresh: bool = False, root: str | os.PathLike | None = None) -> tuple[Path, list[str]]:
-    """Write a baseline file from a finished run (``dmlviz baseline DIR``).
+def seed_spec(values: list, source: str) -> dict | None:
+    """The spec for one metric seen in several independent runs (seeds), or ``None`` to drop it.
 
-    Notebooks that succeeded get their recorded metrics. A metric already in the existing
-    baseline keeps its tolerance and ``why`` and only gets the new ``value`` (bound-only
-    specs are kept as they are), unless ``fresh``. New metrics get :func:`default_spec`.
-    Metrics a succeeded notebook no longer records are dropped; entries of notebooks that
-    failed or were not run are kept.
+    Strings and bools (claim verdicts among them) match exactly; integers exactly when the
+    runs agree; floats get ``abs = max(2 × spread over the runs, MIN_ABS)`` around the first
+    run's value. A difference metric (its name says minus/gain/diff/delta/change) whose
+    tolerance is at least its magnitude guards nothing — its sign can never regress — and is
+    dropped (its claim's verdict guards it instead).
+    """
+    first = values[0]
+    n = len(values)
+    if not all(is_number(v) for v in values) or all(isinstance(v, int) for v in values) \
+            and len(set(values)) == 1:
+        spec = {"value": first, "why": f"exact match, {source}"}
+        if len({json.dumps(v) for v in values}) > 1:
+            spec["why"] += f"; WARNING differs across the {n} runs: {[fmt(v) for v in values]}"
+        return spec
+    spread = max(values) - min(values)
+    tol = float(f"{max(2 * spread, MIN_ABS):.3g}")
+    return {"value": float(f"{first:.6g}"), "abs": tol,
+            "why": f"{source}: spread over {n} seeds {fmt(spread)}, doubled, at least {MIN_ABS:g}"}
+
+
+def _merge_seed_runs(summaries: list[dict], names: list[str], source: str,
+                     old: dict, changes: list[str]) -> dict:
+    notebooks = {}
+    for name in names:
+        runs = [s["notebooks"][name] for s in summaries]
+        before = old.get(name, {})
+        after = {k: v for k, v in before.items() if k.startswith("_")}
+        metrics = [r.get("metrics", {}) for r in runs]
+        for metric in sorted(metrics[0]):
+            values = [m.get(metric) for m in metrics]
+            if any(v is None for v in values):
+                changes.append(f"{name}: {metric} missing or null in some runs, not guarded")
+                continue
+            prior = before.get(metric)
+            if prior is not None and "value" not in prior:  # a bound: kept as it was
+                after[metric] = prior
+                continue
+            spec = seed_spec(values, source)
+            if ("abs" in spec and spec["abs"] >= abs(spec["value"])
+                    and any(w in metric.lower() for w in DIFFERENCE_WORDS)):
+                changes.append(f"{name}: dropped {metric} = {fmt(values[0])} (tolerance "
+                               f"{fmt(spec['abs'])} >= its size: guards nothing)")
+                continue
+            after[metric] = spec
+            changes.append(f"{name}: {metric} {describe_tolerance(spec)}")
+        notebooks[name] = after
+    return notebooks
+
+
+def make_baseline(run_dirs, out: str | os.PathLike | None = None, fresh: bool = False,
+                  root: str | os.PathLike | None = None) -> tuple[Path, list[str]]:
+    """Write a baseline file from finished runs (``dmlviz baseline DIR [DIR ...]``).
+
+    With **one** run: notebooks that succeeded get their recorded metrics. A metric already
+    in the existing baseline keeps its tolerance and ``why`` and only gets the new ``value``
+    (bound-only specs are kept as they are), unless ``fresh``. New metrics get
+    :func:`default_spec`. Metrics a succeeded notebook no longer records are dropped; entries
+    of notebooks that failed or were not run are kept.
+
+    With **several** runs (the same notebooks run with independent seeds, e.g.
+    ``-p seed 0``, ``1``, ``2``): every notebook that succeeded in all of them gets its
+    tolerances re-derived from the spread over the runs (:func:`seed_spec`); the values are
+    the first run's (the one CI repeats). Bound-only specs already in the file are kept.
 
     Args:
-        run_dir: a run directory holding ``summary.json``.
+        run_dirs: a run directory holding ``summary.json``, or a list of them.
         out: the baseline file; default ``<root>/tests/baselines/<profile>.json``.
         fresh: ignore the existing file's tolerances.
         root: the project root for the default ``out`` (default: the current directory).
@@ -277,15 +353,32 @@ def make_baseline(run_dir: str | os.PathLike, out: str | os.PathLike | None = No
     Returns:
         The written path and a list of human-readable changes.
     """
-    summary = load_summary(run_dir)
+    run_dirs = [run_dirs] if isinstance(run_dirs, (str, os.PathLike)) else list(run_dirs)
+    if not run_dirs:
+        raise ValueError("make_baseline needs at least one run directory")
+    summaries = [load_summary(d) for d in run_dirs]
+    summary = summaries[0]
     profile = summary.get("profile", "quick")
+    if any(s.get("profile", "quick") != profile for s in summaries):
+        raise ValueError(f"run_dirs: the runs mix profiles {[s.get('profile') for s in summaries]}")
     out = Path(out) if out else Path(root or ".") / "tests" / "baselines" / f"{profile}.json"
     old = load_baseline(out) if out.exists() and not fresh else {"notebooks": {}}
     stamp = summary.get("started", "")[:10]
-    source = f"from run {Path(run_dir).name} (profile {profile}, device " \
+    source = f"from run {Path(run_dirs[0]).name} (profile {profile}, device " \
              f"{summary.get('device_resolved') or summary.get('device')}, {stamp})"
     notebooks = {k: dict(v) for k, v in old.get("notebooks", {}).items()}
     changes = []
+    if len(summaries) > 1:
+        seeds = [s.get("parameters", {}).get("seed") for s in summaries]
+        ok = [n for n, nb in summary.get("notebooks", {}).items()
+              if all(s.get("notebooks", {}).get(n, {}).get("status") == "ok" for s in summaries)]
+        skipped = set(summary.get("notebooks", {})) - set(ok)
+        changes += [f"{n}: not ok in every run, baseline entries left unchanged" for n in skipped]
+        source = f"runs {[Path(d).name for d in run_dirs]} (seeds {seeds}, profile {profile}, " \
+                 f"device {summary.get('device_resolved')}, {stamp})"
+        notebooks.update(_merge_seed_runs(summaries, ok, source, old.get("notebooks", {}),
+                                          changes))
+        return _write_baseline(out, old, profile, notebooks), changes
     if summary.get("parameters"):
         changes.append(f"warning: that run overrode parameters {summary['parameters']}")
     for name, nb in summary.get("notebooks", {}).items():
@@ -310,9 +403,15 @@ def make_baseline(run_dir: str | os.PathLike, out: str | os.PathLike | None = No
             if not metric.startswith("_") and metric not in nb.get("metrics", {}):
                 changes.append(f"{name}: dropped {metric} (no longer recorded)")
         notebooks[name] = after
+    return _write_baseline(out, old, profile, notebooks), changes
+
+
+def _write_baseline(out: Path, old: dict, profile: str, notebooks: dict) -> Path:
     data = {"_doc": old.get("_doc", BASELINE_DOC), "profile": profile,
             "notebooks": dict(sorted(notebooks.items()))}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    return out, changes
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    tmp.replace(out)
+    return out
 

@@ -42,9 +42,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from dmlviz.outputs import output_dir, record
+from dmlviz.outputs import CLAIMS_FILE, output_dir, record
 
-CLAIMS_FILE = "claims.json"
 REGISTRY = Path(__file__).with_name("claims.toml")
 VERDICTS = ("reproduced", "reversed", "not established", "not testable here")
 DIRECTIONS = ("greater", "less", "equal")

@@ -5,7 +5,7 @@
                [-p NAME VALUE ...] [--out DIR] [--jobs N] [--timeout SECONDS]
                [--baseline FILE|none] [--figures DIR]
     dmlviz report OLD_DIR NEW_DIR [--out FILE.md|FILE.html]
-    dmlviz baseline RUN_DIR [--out FILE] [--fresh]
+    dmlviz baseline RUN_DIR [RUN_DIR ...] [--out FILE] [--fresh]
 
 Exit status: 0 success; 1 a notebook failed or a metric regressed (``run``);
 2 a usage error (unknown notebook, parameter, profile or device; missing or corrupt file).
@@ -60,7 +60,9 @@ def _parser() -> argparse.ArgumentParser:
                    "(.md or .html; default NEW_DIR/compare-<OLD>.html)")
 
     b = sub.add_parser("baseline", help="write tests/baselines/<profile>.json from a run")
-    b.add_argument("run_dir", metavar="RUN_DIR")
+    b.add_argument("run_dir", nargs="+", metavar="RUN_DIR",
+                   help="a run directory; several runs of the same notebooks with independent "
+                   "seeds (-p seed 0, 1, 2) re-derive every tolerance from their spread")
     b.add_argument("--out", metavar="FILE", help="baseline file (default "
                    "tests/baselines/<profile>.json)")
     b.add_argument("--fresh", action="store_true", help="ignore tolerances already in the file")

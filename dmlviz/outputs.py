@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 
 METRICS_FILE = "metrics.json"
+CLAIMS_FILE = "claims.json"  # written by dmlviz.claims
 FIGURES_SUBDIR = "figures"
 
 _state: dict = {"out_dir": None, "figures_dir": None, "metrics": {}}

@@ -22,6 +22,7 @@ from dmlviz.baseline import (
     load_summary,
     same_value,
 )
+from dmlviz.ledger import LEDGER_CSS, ledger_html, ledger_markdown, verdict_changes
 
 # --------------------------------------------------------------------------- formatting
 
@@ -71,13 +72,14 @@ def summary_markdown(summary: dict, baseline: dict | None = None) -> str:
     """The run as Markdown: verdict, overview table, problems, metrics per notebook."""
     nbs = summary.get("notebooks", {})
     probs = problems(summary)
-    verdict = ("**OK**: every notebook succeeded and no metric regressed" if not probs else
+    verdict = ("**ran OK**: every notebook succeeded and no metric regressed" if not probs else
                f"**NOT OK**: {len(probs)} problem(s)")
     lines = [f"# dmlviz run {summary.get('started', '')}", "",
              f"profile `{summary.get('profile')}` · device `{summary.get('device')}`"
              f" ({summary.get('device_resolved', '?')}) · {len(nbs)} notebook(s) · "
              f"{fmt_duration(summary.get('duration_s'))} · baseline "
-             f"`{summary.get('baseline') or 'none'}`", "", verdict, "",
+             f"`{summary.get('baseline') or 'none'}`", ""] + ledger_markdown(summary) + [
+             "## Runs", "", verdict, "",
              "| notebook | status | duration | regressions | metrics |",
              "|---|---|---|---|---|"]
     for name, nb in nbs.items():
@@ -207,7 +209,7 @@ def render_index(summary: dict, baseline: dict | None = None) -> str:
         verdict = (f'<div class="verdict bad">✗ {len(probs)} problem(s)<ul>'
                    + "".join(f"<li>{_e(p)}</li>" for p in probs) + "</ul></div>")
     else:
-        verdict = (f'<div class="verdict ok">✓ All {len(nbs)} notebook(s) succeeded and no '
+        verdict = (f'<div class="verdict ok">✓ Ran: all {len(nbs)} notebook(s) succeeded and no '
                    "metric regressed</div>")
     rows = []
     for name, nb in nbs.items():
@@ -279,9 +281,9 @@ def render_index(summary: dict, baseline: dict | None = None) -> str:
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f'<title>dmlviz report · {_e(summary.get("profile"))} · {_e(summary.get("started"))}'
-            f'</title><style>{CSS}</style></head><body><main><h1>dmlviz regression report</h1>'
-            f'<div class="meta">{"".join(f"<span>{m}</span>" for m in meta)}</div>{verdict}'
-            f'{table}{"".join(cards)}<footer>{foot}</footer></main></body></html>\n')
+            f'</title><style>{CSS}{LEDGER_CSS}</style></head><body><main><h1>dmlviz report</h1>'
+            f'<div class="meta">{"".join(f"<span>{m}</span>" for m in meta)}</div>'
+            f'{ledger_html(summary)}{verdict}{table}{"".join(cards)}<footer>{foot}</footer></main></body></html>\n')
 
 
 # --------------------------------------------------------------------------- OLD vs NEW
@@ -300,8 +302,8 @@ def compare_runs(old_dir: str | os.PathLike, new_dir: str | os.PathLike) -> tupl
     """Compare two runs side by side (``dmlviz report OLD NEW``).
 
     Returns:
-        ``(markdown, html)`` texts: per notebook the status and duration in both runs,
-        then every metric with both values and the difference.
+        ``(markdown, html)`` texts: the claims whose verdict changed, per notebook the status
+        and duration in both runs, then every metric with both values and the difference.
     """
     old, new = load_summary(old_dir), load_summary(new_dir)
     on, nn = old.get("notebooks", {}), new.get("notebooks", {})
@@ -309,8 +311,16 @@ def compare_runs(old_dir: str | os.PathLike, new_dir: str | os.PathLike) -> tupl
     md = [f"# dmlviz: {Path(old_dir).name} → {Path(new_dir).name}", "",
           f"old: profile `{old.get('profile')}`, device `{old.get('device_resolved', old.get('device'))}`,"
           f" {old.get('started')}  ", f"new: profile `{new.get('profile')}`, device "
-          f"`{new.get('device_resolved', new.get('device'))}`, {new.get('started')}", "",
-          "| notebook | status old → new | duration old → new | Δ duration |", "|---|---|---|---|"]
+          f"`{new.get('device_resolved', new.get('device'))}`, {new.get('started')}", ""]
+    changed = verdict_changes(old, new)
+    md += ["## Claims whose verdict changed", ""] + (
+        [f"- `{cid}`: {a} → {b}" for cid, a, b in changed] or ["none"]) + [""]
+    changed_h = ('<div class="card"><h2>Claims whose verdict changed</h2><table><tbody>'
+                 + "".join(f"<tr class=reg><td><code>{_e(cid)}</code></td><td>{_e(a)} → {_e(b)}"
+                           "</td></tr>" for cid, a, b in changed)
+                 + "</tbody></table></div>") if changed else \
+        '<div class="card"><h2>Claims whose verdict changed</h2><p class="mut">none</p></div>'
+    md += ["| notebook | status old → new | duration old → new | Δ duration |", "|---|---|---|---|"]
     rows_h, metric_h = [], []
     for n in names:
         o, w = on.get(n, {}), nn.get(n, {})
@@ -338,7 +348,7 @@ def compare_runs(old_dir: str | os.PathLike, new_dir: str | os.PathLike) -> tupl
             f'{_e(Path(new_dir).name)}</h1><div class="meta"><span>old: {_e(old.get("profile"))}, '
             f'{_e(old.get("device_resolved", old.get("device")))}, {_e(old.get("started"))}</span>'
             f'<span>new: {_e(new.get("profile"))}, {_e(new.get("device_resolved", new.get("device")))}'
-            f', {_e(new.get("started"))}</span></div><div class="card"><table><thead><tr><th>'
+            f', {_e(new.get("started"))}</span></div>{changed_h}<div class="card"><table><thead><tr><th>'
             'notebook</th><th>status</th><th>duration</th><th>Δ</th></tr></thead><tbody>'
             + "".join(rows_h) + '</tbody></table></div><div class="card"><table><thead><tr><th>'
             'notebook</th><th>metric</th><th>old</th><th>new</th><th>Δ</th></tr></thead><tbody>'

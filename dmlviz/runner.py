@@ -15,6 +15,7 @@ A run directory ``DIR`` (default ``reports/<YYYYmmdd-HHMMSS>/``) holds::
     <stem>/<stem>.ipynb     executed notebook; the partial copy when it failed or timed out
     <stem>/<stem>.html      standalone HTML export (no CDN links; plotly.js embedded)
     <stem>/metrics.json     what the notebook recorded with dmlviz.record (kept on failure)
+    <stem>/claims.json      the paper claims it evaluated with dmlviz.claims (kept on failure)
     <stem>/figures/         what it saved with dmlviz.save_figure / save_plotly
     <stem>/run.log          papermill, kernel and cell output log of that notebook
 
@@ -79,6 +80,8 @@ from typing import Any
 from dmlviz import report
 from dmlviz.baseline import baseline_entries, find_regressions, load_baseline
 from dmlviz.export import copy_mathjax, export_html
+from dmlviz.ledger import ledger
+from dmlviz.outputs import CLAIMS_FILE
 
 PROFILES = ("quick", "full")
 DEVICES = ("auto", "cpu", "cuda")
@@ -319,12 +322,37 @@ def execute_one(job: dict) -> dict:
             metrics = json.loads(mpath.read_text())
         except json.JSONDecodeError:
             logging.exception("unreadable %s", mpath)
+    claims, claims_cell = _read_claims(out, executed)
     figures = sorted(str(p) for p in (out / "figures").glob("*")
                      if p.suffix in (".png", ".svg", ".jpg", ".html"))
     return {"status": status, "duration_s": round(duration, 2), "error": error, "metrics": metrics,
             "executed": str(executed) if executed.exists() else None,
             "html": str(html_path) if html_path else None, "log": str(log_path),
-            "figures": figures}
+            "figures": figures, "claims": claims, "claims_cell": claims_cell}
+
+
+def _read_claims(out: Path, executed: Path) -> tuple[list[dict], str | None]:
+    """The claims a notebook recorded (``claims.json``, kept on failure) and the id of the
+    cell that shows its claims table (the last cell calling ``claims.table``), for links."""
+    claims: list[dict] = []
+    path = out / CLAIMS_FILE
+    if path.exists():
+        try:
+            claims = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            logging.exception("unreadable %s", path)
+    cell_id = None
+    if executed.exists():
+        import nbformat
+
+        try:
+            nb = nbformat.read(executed, as_version=4)
+            ids = [c.get("id") for c in nb.cells if c.cell_type == "code"
+                   and "claims.table(" in c.source]
+            cell_id = ids[-1] if ids else None
+        except (OSError, ValueError):
+            logging.exception("unreadable %s", executed)
+    return claims, cell_id
 
 
 # --------------------------------------------------------------------------- a run
@@ -461,7 +489,8 @@ def run(notebooks: list[str] | tuple[str, ...] = ("all",), *, profile: str = "qu
             "metrics": r["metrics"], "regressions": find_regressions(r["metrics"], entries),
             "title": nb.title, "parameters": job["parameters"],
             "executed": rel(r["executed"]), "html": rel(r["html"]), "log": rel(r["log"]),
-            "figures": [rel(f) for f in r["figures"]]}
+            "figures": [rel(f) for f in r["figures"]],
+            "claims": r.get("claims", []), "claims_cell": r.get("claims_cell")}
     finished = _dt.datetime.now(_dt.UTC)
     ok = all(v["status"] == "ok" and not v["regressions"] for v in nbs.values())
     try:
@@ -485,8 +514,11 @@ def run(notebooks: list[str] | tuple[str, ...] = ("all",), *, profile: str = "qu
 
 
 def write_report(summary: dict, out: Path, baseline: dict | None = None) -> None:
-    """Write ``summary.json``, ``summary.md`` and ``index.html`` into ``out``."""
+    """Write ``summary.json``, ``claims.json`` (the run's claims ledger), ``summary.md`` and
+    ``index.html`` into ``out``."""
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    (out / CLAIMS_FILE).write_text(json.dumps(ledger(summary), indent=2,
+                                              ensure_ascii=False) + "\n")
     (out / "summary.md").write_text(report.summary_markdown(summary, baseline))
     (out / "index.html").write_text(report.render_index(summary, baseline), encoding="utf-8")
 
