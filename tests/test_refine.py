@@ -9,13 +9,19 @@ import torch
 import torch.nn.functional as F
 
 from dmlviz.attention.refine import (
+    PARAMETER_FREE,
     CrossAttentionBlock,
     NeighborRefiner,
+    attention_on_same_class,
     build_contexts,
     cross_attention,
     fit_refiner,
+    flush_denormals,
     neighbour_average,
+    neighbour_softmax,
     neighbourhood_purity,
+    parameter_free,
+    purity_matched_contexts,
     refine_embeddings,
 )
 from dmlviz.metrics import retrieval_metrics
@@ -91,18 +97,155 @@ def test_zero_blocks_leave_embeddings_unchanged():
 
 
 def test_variants():
+    """Sec. 4.5: "we add the cross-attention block, which has as its input for queries, keys and
+    values the actual query image embedding e_q" (CA only), and "averaging the embedding of a
+    query point and 8 of its nearest neighbors" (NNs) — the K + 1 vectors weigh 1/(K+1) each."""
     e0, ctx = torch.randn(4, 16), torch.randn(4, 3, 16)
     ca = _random_refiner(variant="ca_only")
     out, maps = ca(e0, None, return_maps=True)
     assert maps.shape == (4, 3, 4, 1) and torch.allclose(maps, torch.ones_like(maps))
     torch.testing.assert_close(ca(e0, ctx), out)  # the context is ignored
-    avg = neighbour_average(e0, ctx)
-    expected = F.normalize(F.normalize(e0, dim=-1) + F.normalize(ctx, dim=-1).mean(1), dim=-1)
-    torch.testing.assert_close(avg, expected)
+    en, cn = F.normalize(e0, dim=-1), F.normalize(ctx, dim=-1)
+    for b in range(4):  # the paper's row: an explicit mean over the query and its 3 neighbours
+        mean = (en[b] + cn[b, 0] + cn[b, 1] + cn[b, 2]) / 4
+        torch.testing.assert_close(neighbour_average(e0, ctx)[b], mean / mean.norm())
+    half = F.normalize(en + cn.mean(1), dim=-1)  # the weight-1/2 control
+    torch.testing.assert_close(neighbour_average(e0, ctx, query_weight=0.5), half)
+    torch.testing.assert_close(parameter_free("nn_half", e0, ctx), half)
+    torch.testing.assert_close(parameter_free("nn_avg", e0, ctx), neighbour_average(e0, ctx))
     both = NeighborRefiner(16, 2, 4, variant="nn_avg_ca")  # zero init: just the average
-    torch.testing.assert_close(both(e0, ctx), avg)
-    with pytest.raises(ValueError, match="nn_avg"):
-        NeighborRefiner(16, 2, 4, variant="nn_avg")
+    torch.testing.assert_close(both(e0, ctx), neighbour_average(e0, ctx))
+    for name in PARAMETER_FREE:
+        with pytest.raises(ValueError, match="parameter_free"):
+            NeighborRefiner(16, 2, 4, variant=name)
+
+
+def test_neighbour_softmax_is_eq1_weighting():
+    """Eq. (1): "Attn(e_q, C_q) := softmax(e_q C_q^T / sqrt(d))" — "If we use it directly to
+    aggregate information, we obtain a weighted sum of the embeddings of the nearest
+    neighbors"; here with temperature tau, added to the query as the residual of eq. (3)."""
+    torch.manual_seed(3)
+    e0, ctx = torch.randn(3, 8), torch.randn(3, 5, 8)
+    en, cn = F.normalize(e0, dim=-1), F.normalize(ctx, dim=-1)
+    tau = 0.2
+    for b in range(3):
+        logits = [float(en[b] @ cn[b, j]) / tau for j in range(5)]
+        w = [math.exp(x - max(logits)) for x in logits]
+        w = [x / sum(w) for x in w]
+        v = en[b] + sum(w[j] * cn[b, j] for j in range(5))
+        torch.testing.assert_close(neighbour_softmax(e0, ctx, tau=tau)[b], v / v.norm())
+    # a very high temperature gives equal weights: the weight-1/2 control
+    torch.testing.assert_close(neighbour_softmax(e0, ctx, tau=1e9),
+                               neighbour_average(e0, ctx, query_weight=0.5))
+    with pytest.raises(ValueError, match="tau"):
+        neighbour_softmax(e0, ctx, tau=0)
+
+
+def test_shared_projection_equals_per_pair_formula():
+    """Keys and values "K(k)", "V(v)" of eq. (2) depend only on the neighbour, so projecting
+    each gallery row once per block and gathering gives today's per-pair formula exactly."""
+    torch.manual_seed(4)
+    refiner = NeighborRefiner(16, 3, 4, zero_init=False).double()
+    x = torch.randn(50, 16, dtype=torch.float64)
+    ctx, idx = build_contexts(x, 6)
+    per_pair, maps = refiner(x, ctx, return_all=True, return_maps=True)  # today's formula
+    shared, maps2 = refiner(x, reference=x, indices=idx, return_all=True, return_maps=True)
+    torch.testing.assert_close(shared, per_pair, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(maps2, maps, atol=1e-12, rtol=1e-12)
+    fast = refine_embeddings(refiner.float(), x.float(), 6, batch_size=7, device="cpu",
+                             return_all=True)
+    torch.testing.assert_close(fast, per_pair.float(), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="either context"):
+        refiner(x.float(), ctx.float(), reference=x.float(), indices=idx)
+    with pytest.raises(ValueError, match="indices must lie"):
+        refiner(x.float(), reference=x[:5].float(), indices=idx)
+
+
+def test_refine_with_reference_gallery():
+    """Alg. 2 with a query/gallery split: each query's context is its K nearest gallery rows
+    (brute-force search here), none excluded."""
+    refiner = _random_refiner()
+    torch.manual_seed(5)
+    queries, gallery = torch.randn(12, 16), torch.randn(30, 16)
+    qn, gn = F.normalize(queries, dim=-1), F.normalize(gallery, dim=-1)
+    idx = torch.stack([torch.tensor(sorted(range(30), key=lambda j: -float(qn[i] @ gn[j]))[:4])
+                       for i in range(12)])
+    expected = refiner(queries, gn[idx])
+    got = refine_embeddings(refiner, queries, 4, reference=gallery, device="cpu", batch_size=5)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    ca = _random_refiner(variant="ca_only")
+    torch.testing.assert_close(refine_embeddings(ca, queries, 4, reference=gallery, device="cpu"),
+                               ca(queries))
+    torch.testing.assert_close(refine_embeddings("nn_softmax", queries, 4, reference=gallery,
+                                                 device="cpu"), neighbour_softmax(queries, gn[idx]))
+    with pytest.raises(ValueError, match=r"k must be in \[1, 30\]"):
+        refine_embeddings(refiner, queries, 31, reference=gallery, device="cpu")
+    with pytest.raises(ValueError, match="reference must have D = 16"):
+        refine_embeddings(refiner, queries, 3, reference=torch.randn(30, 8), device="cpu")
+
+
+def test_purity_matched_contexts():
+    """Training contexts with m nearest same-class and K − m nearest other-class rows, m drawn
+    from given counts: checked against a brute-force search per query."""
+    torch.manual_seed(6)
+    labels = torch.arange(5).repeat_interleave(8)
+    x = torch.randn(40, 6)
+    ctx, idx = purity_matched_contexts(x, labels, 4, [1, 3], seed=0)
+    xn = F.normalize(x, dim=-1)
+    torch.testing.assert_close(ctx, xn[idx])
+    counts = (labels[idx] == labels[:, None]).sum(1)
+    assert set(counts.tolist()) <= {1, 3} and len(set(counts.tolist())) == 2
+    for i in range(40):
+        m = int(counts[i])
+        order = sorted((j for j in range(40) if j != i), key=lambda j: -float(xn[i] @ xn[j]))
+        same = [j for j in order if labels[j] == labels[i]][:m]
+        other = [j for j in order if labels[j] != labels[i]][:4 - m]
+        assert sorted(idx[i].tolist()) == sorted(same + other)
+        sims = (xn[idx[i]] @ xn[i]).tolist()
+        assert sims == sorted(sims, reverse=True)  # nearest first
+    with pytest.raises(ValueError, match="same_counts"):
+        purity_matched_contexts(x, labels, 4, [5])
+
+
+def test_attention_on_same_class():
+    weights = torch.tensor([[[[0.75, 0.25]]], [[[0.5, 0.5]]]])  # (N=2, T=1, H=1, K=2)
+    idx = torch.tensor([[1, 2], [0, 2]])
+    labels = torch.tensor([0, 0, 1])
+    mass, uniform = attention_on_same_class(weights, idx, labels[:2], labels)
+    assert mass == pytest.approx((0.75 + 0.5) / 2) and uniform == pytest.approx(0.5)
+
+
+def test_flush_denormals_restores_setting():
+    tiny = torch.tensor([1e-40])
+    torch.set_flush_denormal(False)
+    with flush_denormals():
+        assert (tiny * 1.0).item() == 0.0 or not torch.set_flush_denormal(True)
+    assert (tiny * 1.0).item() != 0.0  # restored: off again
+    if torch.set_flush_denormal(True):  # supported here: a previous "on" stays on
+        with flush_denormals():
+            pass
+        assert (tiny * 1.0).item() == 0.0
+    torch.set_flush_denormal(False)
+
+
+def test_fit_refiner_contexts_and_early_stopping():
+    """Alg. 1 "Precompute k nearest neighbors NN(e_i^0)": passing those very contexts gives the
+    same refiner; early stopping picks an epoch from the held-out training classes."""
+    g = torch.Generator().manual_seed(1)
+    labels = torch.arange(6).repeat_interleave(8)
+    x = torch.randn(48, 8, generator=g)
+    kw = dict(k=4, num_blocks=2, num_heads=2, epochs=3, p=3, per_class=4, seed=0, device="cpu",
+              cache=False, progress=False)
+    a, _ = fit_refiner(x, labels, **kw)
+    b, _ = fit_refiner(x, labels, contexts=build_contexts(x, 4)[0], **kw)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb)
+    stopped, history = fit_refiner(x, labels, early_stopping=0.34, **kw)
+    assert history.eval_epochs == [0, 1, 2, 3] and 1 <= stopped.trained_epochs <= 3
+    best = max(range(1, 4), key=lambda i: (history.metrics["recall@1"][i], -i))
+    assert stopped.trained_epochs == best
+    with pytest.raises(ValueError, match="contexts must be"):
+        fit_refiner(x, labels, contexts=torch.randn(48, 4, 5), **kw)
 
 
 def test_build_contexts_matches_brute_force():
@@ -181,6 +324,9 @@ def test_bad_inputs_raise_clear_errors():
         NeighborRefiner(16, 2, 4, variant="bogus")
     with pytest.raises(ValueError, match="refiner"):
         refine_embeddings("mean", torch.randn(10, 16), 3, device="cpu")
+    with pytest.raises(ValueError, match="early_stopping"):
+        fit_refiner(torch.randn(20, 16), torch.arange(4).repeat_interleave(5), early_stopping=1.5,
+                    device="cpu", cache=False, progress=False)
 
 
 @pytest.mark.gpu

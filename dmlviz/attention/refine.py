@@ -1,14 +1,14 @@
 """Neighbour refinement: cross-attention from an embedding to its k nearest neighbours.
 
 "Attend to context for refining embeddings in deep metric learning" (ICLR submission),
-section 3, eqs. (1)–(4), Algorithms 1–2, Table 4.
+section 3, eqs. (1)–(4), Algorithms 1–2, Table 4, Fig. 3.
 
 A trained DML model gives every image an initial embedding ``e⁰`` (any model: dmlviz's own
 or a user's ``.npz`` via :func:`dmlviz.data.load_embeddings`). The *context* of a query is
 the set of its K nearest neighbours in the gallery, by cosine similarity of the initial
-embeddings, the query itself excluded::
+embeddings, the query itself excluded ("Precompute k nearest neighbors NN(e_i^0)", Alg. 1–2)::
 
-    C = [c_1; …; c_K] ∈ R^{K×D},  c_j = e⁰ of the j-th nearest neighbour              (1)
+    C = [c_1; …; c_K] ∈ R^{K×D},  c_j = e⁰ of the j-th nearest neighbour
 
 T cross-attention blocks ``CA¹ … CA^T``, each with its own projections, let the query look
 at its context: the query asks (``Q``), the neighbours answer (``K``, ``V``)::
@@ -17,49 +17,71 @@ at its context: the query asks (``Q``), the neighbours answer (``K``, ``V``)::
     head_h = softmax_j( (W_Q,h e)ᵀ (W_K,h c_j) / √d_h ) (W_V,h c_j),   d_h = D / H     (2)
     e^t = (e^{t−1} + CA^t(e^{t−1}, C, C)) / ‖e^{t−1} + CA^t(e^{t−1}, C, C)‖          (3)
 
-The context stays the initial neighbour embeddings at every step; only the query moves.
-Training (Alg. 1): the base model is frozen; contexts come from the training set's own
-embeddings; the refiner is trained with the multi-similarity loss on ``e^T``::
+(eq. 3 adds the residual; Alg. 2 line 10 normalises every step.) The context stays the
+initial neighbour embeddings at every step; only the query moves. Training (Alg. 1): the
+base model is frozen; contexts come from the training set's own embeddings; the refiner is
+trained with the multi-similarity loss on ``e^T``::
 
     L = L_MS(e^T, y)                                                                  (4)
 
 Inference (Alg. 2): embed the gallery, find each item's K neighbours in it
-(:func:`dmlviz.metrics.knn`, chunked, CPU or GPU), refine every item in batches, and
-retrieve with the refined embeddings ``e^T``.
+(:func:`dmlviz.metrics.knn`, chunked, CPU or GPU), refine every item, and retrieve with the
+refined embeddings ``e^T``. A query/gallery protocol refines the queries with contexts from
+the gallery (``refine_embeddings(..., reference=gallery)``).
 
-Ablations (Table 4), :data:`VARIANTS`. Table 4 crosses two ingredients, cross-attention (CA)
-and the neighbours (NN); we read its rows as:
+**Projecting each gallery row once.** The contexts are rows of one fixed gallery, so the
+keys ``W_K c`` and values ``W_V c`` of block t do not depend on the query.
+:func:`refine_embeddings` (and :meth:`NeighborRefiner.forward` given ``reference`` and
+``indices``) projects each gallery row once per block and gathers the projected rows; the
+per-pair form (``context (B, K, D)``, projected again for every query) is the same formula
+and stays as the reference. For K = 8 the per-pair form spends 16 of its 18 row
+projections per query on keys and values; the shared form spends 2 per gallery row.
 
-* ``"ca_only"`` — CA without neighbours: the context is the query itself (K = 1). With one
-  key the softmax is 1, so each block adds ``W_O W_V e``: a learned residual transform that
-  never sees a neighbour;
-* ``"nn_avg"`` — the neighbours without CA and without any learned parameter:
-  ``normalise(e⁰ + mean_j c_j)`` (:func:`neighbour_average`);
-* ``"full"`` — both: CA over the K neighbours, eqs. (2)–(3) (the method; Table 4's "both");
-* ``"nn_avg_ca"`` — an extra control, not in the paper: the neighbour average followed by
-  the ``ca_only`` blocks — learned, and it sees the neighbours, but weights them uniformly,
-  never by attention. It separates "attention over neighbours" from "neighbours + parameters".
+Ablations (Table 4, :data:`VARIANTS`). Sec. 4.5: "we add the cross-attention block, which has
+as its input for queries, keys and values the actual query image embedding e_q … Alternatively,
+we add information about the nearest neighbors by averaging the embedding of a query point and
+8 of its nearest neighbors … Finally … we add both":
 
-Interpretations — no copy of the paper was at hand when this was written; where the text
-(as we remember it) leaves a choice open we made the usual one and say so here:
+* ``"ca_only"`` — CA whose context is the query itself (K = 1). With one key the softmax is
+  1, so each block adds ``W_O W_V e``: a learned residual transform that never sees a
+  neighbour (Table 4 "MS-Loss + CA");
+* ``"nn_avg"`` — Table 4 "MS-Loss + NNs", as written: the mean of the query and its K
+  neighbours, ``normalise((e⁰ + Σ_j c_j) / (K+1))`` — the query weighs 1/(K+1)
+  (:func:`neighbour_average`);
+* ``"full"`` — both: CA over the K neighbours, eqs. (2)–(3) ("Ours (CA + NNs)");
+
+and three controls that are not rows of the paper:
+
+* ``"nn_half"`` — the query and the *mean* of its neighbours with weight 1/2 each,
+  ``normalise(e⁰ + mean_j c_j)`` (what dmlviz computed as "NN" before);
+* ``"nn_softmax"`` — eq. (1) of the paper used directly, no parameters: the neighbours
+  weighted by ``softmax_j(ê·ĉ_j / τ)`` and added to the query,
+  ``normalise(ê + Σ_j a_j ĉ_j)`` (:func:`neighbour_softmax`; τ fixed, default 0.1);
+* ``"nn_avg_ca"`` — the paper's neighbour average followed by the ``ca_only`` blocks: learned
+  and it sees the neighbours, but weights them uniformly, never by attention.
+
+Interpretations (where the text leaves a choice open; each is shown in notebook 06):
 
 * ``W_O`` of every block is zero-initialised (``zero_init=True``): the untrained refiner is
-  the identity (``e^t = e⁰``), so training starts from the baseline's retrieval. Eqs.
-  (2)–(3) are tested as written for any weights.
-* Embeddings and contexts are L2-normalised on entry. Their coordinates are then ~1/√D,
-  so the projections see ``√D·e`` and ``√D·c`` (a fixed rescaling, so the default
-  ``nn.Linear`` initialisation gives attention logits of order one), and the block's output
-  is divided by √D again, so the update is on the scale of the unit query it is added to
-  (as in a transformer, where residual stream and block output share one scale).
-* No LayerNorm or feed-forward sub-layer in a block: eq. (2) is attention plus ``W_O``.
-* The "both" row of Table 4 is read as the full method (CA over the neighbours), above.
-* Contexts for training are the neighbours among the *training* embeddings (self
-  excluded); for the test set they are the neighbours in the *test gallery*.
+  the identity (``e^t = e⁰``), so training starts from the baseline's retrieval. The
+  paper only says "Initialize weights of Q^t, K^t, V^t"; eqs. (2)–(3) are tested as written
+  for any weights.
+* Embeddings and contexts are L2-normalised on entry ("The embedding e_i is usually
+  normalized"). Their coordinates are then ~1/√D, so the projections see ``√D·e`` and
+  ``√D·c`` (a fixed rescaling, so the default ``nn.Linear`` initialisation gives attention
+  logits of order one), and the block's output is divided by √D again, so the update is on
+  the scale of the unit query it is added to.
+* Multi-head attention with ``d_h = D/H`` in the softmax (eq. 2 writes one head and √d).
+  No LayerNorm or feed-forward sub-layer: eq. (2) is attention plus ``W_O``.
+* Training contexts are the neighbours among the *training* embeddings (self excluded,
+  Alg. 1) unless ``fit_refiner(contexts=...)`` passes others (e.g.
+  :func:`purity_matched_contexts`); test contexts are the neighbours in the test gallery.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -68,19 +90,26 @@ from torch import nn
 from dmlviz.checks import as_tensor, check_embeddings, check_int, check_labels
 
 __all__ = [
+    "PARAMETER_FREE",
     "VARIANTS",
     "CrossAttentionBlock",
     "NeighborRefiner",
+    "attention_on_same_class",
     "build_contexts",
     "cross_attention",
     "fit_refiner",
+    "flush_denormals",
     "neighbour_average",
+    "neighbour_softmax",
     "neighbourhood_purity",
+    "parameter_free",
+    "purity_matched_contexts",
     "refine_embeddings",
 ]
 
-VARIANTS = ("full", "ca_only", "nn_avg", "nn_avg_ca")
+VARIANTS = ("full", "ca_only", "nn_avg", "nn_half", "nn_softmax", "nn_avg_ca")
 _LEARNED = ("full", "ca_only", "nn_avg_ca")
+PARAMETER_FREE = ("nn_avg", "nn_half", "nn_softmax")
 
 
 def _check_pair(e0, context, dim: int | None = None, *, context_required: bool = True) -> None:
@@ -101,6 +130,41 @@ def _check_pair(e0, context, dim: int | None = None, *, context_required: bool =
     if context.shape[0] != e0.shape[0] or context.shape[2] != e0.shape[1] or context.shape[1] < 1:
         raise ValueError(f"context must be (B, K, D) with B = {e0.shape[0]}, K >= 1 and "
                          f"D = {e0.shape[1]} as e0, got shape {tuple(context.shape)}")
+
+
+def _check_indexed(e0, reference, indices, dim: int) -> None:
+    """``e0 (B, D)``, ``reference (R, D)``, ``indices (B, K)`` into ``reference``."""
+    _check_pair(e0, None, dim, context_required=False)
+    if not torch.is_tensor(reference) or reference.ndim != 2 or reference.shape[1] != dim:
+        got = tuple(reference.shape) if torch.is_tensor(reference) else type(reference).__name__
+        raise ValueError(f"reference must be a float tensor (R, D) with D = {dim}, got {got}")
+    if (not torch.is_tensor(indices) or indices.ndim != 2 or len(indices) != len(e0)
+            or indices.dtype not in (torch.int64, torch.int32)):
+        got = (f"shape {tuple(indices.shape)} {indices.dtype}" if torch.is_tensor(indices)
+               else type(indices).__name__)
+        raise ValueError(f"indices must be an integer tensor (B, K) with B = {len(e0)}, got {got}")
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= len(reference)):
+        raise ValueError(f"indices must lie in [0, {len(reference) - 1}] (rows of reference), got "
+                         f"[{int(indices.min())}, {int(indices.max())}]")
+
+
+@contextmanager
+def flush_denormals(enabled: bool = True):
+    """Treat denormal floats as zero on the CPU inside the block, then restore the setting.
+
+    Behind a zero-initialised ``W_O`` the first updates and their gradients are tiny, and
+    arithmetic on denormal numbers is many times slower on x86 CPUs. torch has a setter
+    (:func:`torch.set_flush_denormal`) but no getter, so the previous state is read from
+    the arithmetic itself: with flushing on, a denormal times one is zero.
+    """
+    tiny = torch.tensor([1e-40], dtype=torch.float32)  # a float32 denormal
+    previous = bool((tiny * 1.0).item() == 0.0)
+    if enabled:
+        torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(previous)
 
 
 # ----------------------------------------------------------------------------- functional core
@@ -133,19 +197,64 @@ def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return out.reshape(b, dv), weights
 
 
-def neighbour_average(e0: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-    """Table 4 "NN": add the mean of the neighbours to the query, no attention, no weights.
+def neighbour_average(e0: torch.Tensor, context: torch.Tensor, *,
+                      query_weight: float | None = None) -> torch.Tensor:
+    """Table 4 "NNs": the mean of the query and its K neighbours, no attention, no weights.
+
+    Sec. 4.5: "averaging the embedding of a query point and 8 of its nearest neighbors".
 
     Args:
         e0: ``(B, D)`` initial embeddings.
         context: ``(B, K, D)`` their neighbours' initial embeddings.
+        query_weight: None (the paper): every one of the K + 1 vectors weighs 1/(K+1).
+            A number w in [0, 1]: ``w·ê⁰ + (1 − w)·mean_j ĉ_j`` (w = 1/2 is the control
+            ``"nn_half"``).
 
     Returns:
-        ``(B, D)`` unit vectors ``normalise(ê⁰ + mean_j ĉ_j)`` (ˆ = L2-normalised).
+        ``(B, D)`` unit vectors (ˆ = L2-normalised inputs).
     """
     _check_pair(e0, context)
     e0, context = F.normalize(e0, dim=-1), F.normalize(context, dim=-1)
-    return F.normalize(e0 + context.mean(dim=1), dim=-1)  # (B, D)
+    if query_weight is None:
+        return F.normalize((e0 + context.sum(dim=1)) / (context.shape[1] + 1), dim=-1)  # (B, D)
+    if not 0.0 <= float(query_weight) <= 1.0:
+        raise ValueError(f"query_weight must be None or in [0, 1], got {query_weight}")
+    w = float(query_weight)
+    return F.normalize(w * e0 + (1 - w) * context.mean(dim=1), dim=-1)  # (B, D)
+
+
+def neighbour_softmax(e0: torch.Tensor, context: torch.Tensor, *, tau: float = 0.1) -> torch.Tensor:
+    """A parameter-free attention control: eq. (1)'s weights on the raw embeddings.
+
+    ``a = softmax_j(ê⁰·ĉ_j / τ)`` ("we obtain a weighted sum of the embeddings of the nearest
+    neighbors", eq. 1 with the temperature τ in place of √d), added to the query as the
+    residual of eq. (3): ``normalise(ê⁰ + Σ_j a_j ĉ_j)``.
+
+    Args:
+        e0: ``(B, D)`` initial embeddings.
+        context: ``(B, K, D)`` their neighbours' initial embeddings.
+        tau: softmax temperature (> 0); large τ gives the uniform mean.
+
+    Returns:
+        ``(B, D)`` unit vectors.
+    """
+    _check_pair(e0, context)
+    if not float(tau) > 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    e0, context = F.normalize(e0, dim=-1), F.normalize(context, dim=-1)
+    a = torch.softmax((context @ e0[:, :, None]).squeeze(2) / tau, dim=-1)  # (B, K) eq. (1)
+    return F.normalize(e0 + (a[:, :, None] * context).sum(dim=1), dim=-1)  # (B, D)
+
+
+def parameter_free(name: str, e0: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """The parameter-free rows by name: ``"nn_avg"`` (the paper's), ``"nn_half"``, ``"nn_softmax"``."""
+    if name == "nn_avg":
+        return neighbour_average(e0, context)
+    if name == "nn_half":
+        return neighbour_average(e0, context, query_weight=0.5)
+    if name == "nn_softmax":
+        return neighbour_softmax(e0, context)
+    raise ValueError(f"refiner must be a NeighborRefiner or one of {PARAMETER_FREE}, got {name!r}")
 
 
 def neighbourhood_purity(indices: torch.Tensor, labels: torch.Tensor,
@@ -166,6 +275,33 @@ def neighbourhood_purity(indices: torch.Tensor, labels: torch.Tensor,
         got = tuple(indices.shape) if torch.is_tensor(indices) else type(indices).__name__
         raise ValueError(f"indices must be (N, K) with N = {len(labels)} as labels, got {got}")
     return (ref[indices.cpu()] == labels[:, None]).float().mean(dim=1)  # (N,)
+
+
+def attention_on_same_class(weights: torch.Tensor, indices: torch.Tensor, labels: torch.Tensor,
+                            reference_labels: torch.Tensor | None = None) -> tuple[float, float]:
+    """How much attention lands on neighbours of the query's own class, and what equal
+    weights would give.
+
+    Args:
+        weights: ``(N, T, H, K)`` attention of :meth:`NeighborRefiner.forward` (``return_maps``).
+        indices: ``(N, K)`` the neighbours' rows in the searched set.
+        labels: ``(N,)`` query labels.
+        reference_labels: ``(R,)`` labels of the searched set (default ``labels``).
+
+    Returns:
+        ``(mass, uniform)``: the mean over queries, blocks and heads of the attention on
+        same-class neighbours, and the mean context purity (the mass of equal weights).
+    """
+    if not torch.is_tensor(weights) or weights.ndim != 4 or weights.shape[0] != len(indices) \
+            or weights.shape[3] != indices.shape[1]:
+        got = tuple(weights.shape) if torch.is_tensor(weights) else type(weights).__name__
+        raise ValueError(f"weights must be (N, T, H, K) with N, K = {tuple(indices.shape)} as "
+                         f"indices, got {got}")
+    labels = check_labels(labels, "labels")
+    ref = labels if reference_labels is None else check_labels(reference_labels, "reference_labels")
+    same = (ref[indices.cpu()] == labels[:, None]).float()  # (N, K)
+    mass = (weights.float().mean(dim=2) * same[:, None, :]).sum(-1).mean()  # Σ_j a_j [same]
+    return float(mass), float(same.mean())
 
 
 # ----------------------------------------------------------------------------- modules
@@ -194,13 +330,22 @@ class CrossAttentionBlock(nn.Module):
             nn.init.zeros_(self.out.weight)
             nn.init.zeros_(self.out.bias)
 
+    def project_context(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values ``(W_K √D c, W_V √D c)`` of unit context rows ``(..., D)``."""
+        scale = math.sqrt(self.dim)
+        return self.k(scale * rows), self.v(scale * rows)
+
+    def attend(self, e: torch.Tensor, keys: torch.Tensor,
+               values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """eq. (2) given projected ``keys, values (B, K, D)``: ``(CA (B, D), weights (B, H, K))``."""
+        scale = math.sqrt(self.dim)  # unit vectors -> coordinates of order one
+        heads, weights = cross_attention(self.q(scale * e), keys, values, self.num_heads)  # eq. (2)
+        return self.out(heads) / scale, weights  # back to the unit scale
+
     def forward(self, e: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Args: ``e (B, D)`` unit query, ``context (B, K, D)`` unit neighbours.
         Returns: ``(CA(e, C, C) (B, D), weights (B, H, K))``."""
-        scale = math.sqrt(self.dim)  # unit vectors -> coordinates of order one
-        heads, weights = cross_attention(self.q(scale * e), self.k(scale * context),
-                                         self.v(scale * context), self.num_heads)  # eq. (2)
-        return self.out(heads) / scale, weights  # (B, D), (B, H, K) back to the unit scale
+        return self.attend(e, *self.project_context(context))  # (B, D), (B, H, K)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_heads={self.num_heads}, scale=sqrt(dim) in, 1/sqrt(dim) out"
@@ -213,8 +358,8 @@ class NeighborRefiner(nn.Module):
         dim: ``D`` of the embeddings.
         num_blocks: ``T``, the number of refinement steps (≥ 1).
         num_heads: ``H`` per block; must divide ``dim``.
-        variant: one of :data:`VARIANTS` except ``"nn_avg"`` (which has no parameters; use
-            :func:`neighbour_average`): ``"full"``, ``"ca_only"`` or ``"nn_avg_ca"``.
+        variant: one of :data:`VARIANTS` with parameters: ``"full"``, ``"ca_only"`` or
+            ``"nn_avg_ca"`` (the parameter-free ones: :func:`parameter_free`).
         zero_init: zero-initialise every ``W_O`` (the untrained refiner is the identity).
     """
 
@@ -222,7 +367,8 @@ class NeighborRefiner(nn.Module):
                  variant: str = "full", zero_init: bool = True) -> None:
         super().__init__()
         if variant not in _LEARNED:
-            hint = " ('nn_avg' has no parameters: use neighbour_average)" if variant == "nn_avg" else ""
+            hint = (f" ({variant!r} has no parameters: use parameter_free)"
+                    if variant in PARAMETER_FREE else "")
             raise ValueError(f"variant must be one of {_LEARNED}{hint}, got {variant!r}")
         self.dim = check_int(dim, "dim", 1)
         self.num_blocks = check_int(num_blocks, "num_blocks", 1)
@@ -232,13 +378,19 @@ class NeighborRefiner(nn.Module):
                                     for _ in range(num_blocks))
 
     def forward(self, e0: torch.Tensor, context: torch.Tensor | None = None, *,
+                reference: torch.Tensor | None = None, indices: torch.Tensor | None = None,
                 return_all: bool = False, return_maps: bool = False):
-        """Refine ``e0`` with its ``context``.
+        """Refine ``e0`` with its ``context`` — given as rows, or as indices into a gallery.
 
         Args:
             e0: ``(B, D)`` initial embeddings (normalised here).
             context: ``(B, K, D)`` initial embeddings of each query's K neighbours
-                (normalised here). Ignored by ``variant="ca_only"`` (may be None).
+                (normalised here); every pair is projected (the per-pair form). Ignored by
+                ``variant="ca_only"`` (may be None).
+            reference, indices: instead of ``context``: the gallery ``(R, D)`` and each
+                query's neighbour rows ``(B, K)`` in it. Keys and values are then projected
+                once per gallery row and block and gathered — the same formula, fewer
+                multiplications when the queries share neighbours.
             return_all: return every step ``e⁰ … e^T`` instead of ``e^T`` only.
             return_maps: also return the attention weights over the neighbours.
 
@@ -247,18 +399,36 @@ class NeighborRefiner(nn.Module):
             input: ``ê⁰``, or for ``"nn_avg_ca"`` the neighbour average); with ``return_maps``
             a pair ``(that, weights (B, T, H, K))`` (K = 1 for ``"ca_only"``/``"nn_avg_ca"``).
         """
-        _check_pair(e0, context, self.dim, context_required=self.variant != "ca_only")
-        e = F.normalize(e0, dim=-1)  # (B, D) ê⁰
-        if self.variant == "full":
-            context = F.normalize(context, dim=-1)  # (B, K, D) eq. (1)
+        indexed = reference is not None or indices is not None
+        if indexed:
+            if context is not None or reference is None or indices is None:
+                raise ValueError("pass either context (B, K, D), or reference (R, D) together "
+                                 "with indices (B, K); got "
+                                 f"context={'set' if context is not None else None}, "
+                                 f"reference={'set' if reference is not None else None}, "
+                                 f"indices={'set' if indices is not None else None}")
+            _check_indexed(e0, reference, indices, self.dim)
+            reference = F.normalize(reference, dim=-1)  # (R, D)
+            if self.variant != "full":
+                context = reference[indices]  # (B, K, D) few rows: gathering is all it needs
+                indexed = False
         else:
+            _check_pair(e0, context, self.dim, context_required=self.variant != "ca_only")
+        e = F.normalize(e0, dim=-1)  # (B, D) ê⁰
+        if self.variant == "full" and not indexed:
+            context = F.normalize(context, dim=-1)  # (B, K, D)
+        elif self.variant != "full":
             if self.variant == "nn_avg_ca":
-                e = neighbour_average(e, context)  # (B, D) Table 4 "NN" first
+                e = neighbour_average(e, context)  # (B, D) Table 4 "NNs" first
             context = e[:, None, :]  # (B, 1, D) the query alone
         steps, maps = [e], []
         for block in self.blocks:
-            update, weights = block(e, context)  # (B, D), (B, H, K) eq. (2)
-            e = F.normalize(e + update, dim=-1)  # eq. (3)
+            if indexed:
+                keys, values = block.project_context(reference)  # (R, D) once per gallery row
+                update, weights = block.attend(e, keys[indices], values[indices])  # eq. (2)
+            else:
+                update, weights = block(e, context)  # (B, D), (B, H, K) eq. (2), per pair
+            e = F.normalize(e + update, dim=-1)  # eq. (3), Alg. 2 line 10
             steps.append(e)
             maps.append(weights)
         out = torch.stack(steps, dim=1) if return_all else e  # (B, T+1, D) | (B, D)
@@ -274,7 +444,7 @@ class NeighborRefiner(nn.Module):
 
 def build_contexts(embeddings: torch.Tensor, k: int, reference: torch.Tensor | None = None,
                    *, chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-    """The kNN context of every embedding (eq. 1), by :func:`dmlviz.metrics.knn`.
+    """The kNN context of every embedding (Alg. 1–2 line "Precompute k nearest neighbors").
 
     Args:
         embeddings: ``(N, D)`` initial embeddings (tensor or array; CPU or GPU).
@@ -292,6 +462,8 @@ def build_contexts(embeddings: torch.Tensor, k: int, reference: torch.Tensor | N
     embeddings = as_tensor(embeddings, "embeddings")
     check_embeddings(embeddings)
     gallery = embeddings if reference is None else as_tensor(reference, "reference")
+    if reference is not None:
+        check_embeddings(gallery, name="reference")
     n_ref = len(gallery) - (1 if reference is None else 0)
     if isinstance(k, int) and not isinstance(k, bool) and not 1 <= k <= n_ref:
         what = "N − 1 (the other embeddings)" if reference is None else "R (the reference rows)"
@@ -302,21 +474,89 @@ def build_contexts(embeddings: torch.Tensor, k: int, reference: torch.Tensor | N
     return contexts, idx
 
 
-@torch.no_grad()
-def refine_embeddings(refiner: nn.Module | str, embeddings: torch.Tensor, k: int, *,
-                      batch_size: int = 4096, device: str | torch.device = "auto",
-                      return_all: bool = False, chunk_size: int = 1024,
-                      dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Alg. 2: refine a whole gallery with its own kNN contexts, batched.
+def purity_matched_contexts(embeddings: torch.Tensor, labels: torch.Tensor, k: int,
+                            same_counts, *, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training contexts as impure as given ones: m same-class and K − m other neighbours.
 
-    The neighbour indices come from :func:`dmlviz.metrics.knn` over the gallery (self
-    excluded); contexts are gathered per batch, so memory stays ``O(batch_size·K·D)``.
+    For every query a count ``m`` is drawn (seeded, with replacement) from ``same_counts`` —
+    e.g. the same-class counts of the *test* contexts — capped at the query's class size − 1;
+    its context is then its ``m`` nearest same-class rows and its ``K − m`` nearest rows of
+    other classes (self excluded), nearest first. The purity distribution of the result is
+    that of ``same_counts``, so a refiner trained on it meets test-like contexts.
 
     Args:
-        refiner: a trained :class:`NeighborRefiner`, or ``"nn_avg"`` for
-            :func:`neighbour_average`.
-        embeddings: ``(N, D)`` initial embeddings of the gallery.
+        embeddings: ``(N, D)`` training embeddings.
+        labels: ``(N,)`` their labels.
+        k: neighbours per context.
+        same_counts: ``(M,)`` integers in [0, K] to draw from.
+        seed: seeds the draw.
+
+    Returns:
+        ``(contexts (N, K, D), indices (N, K))`` as :func:`build_contexts`.
+    """
+    embeddings = as_tensor(embeddings, "embeddings").float()
+    labels = check_labels(labels, "labels")
+    check_embeddings(embeddings, labels)
+    k = check_int(k, "k", 1)
+    counts = torch.as_tensor(same_counts).long().flatten()
+    if counts.numel() == 0 or int(counts.min()) < 0 or int(counts.max()) > k:
+        raise ValueError(f"same_counts must be non-empty integers in [0, k = {k}], got "
+                         f"{counts.numel()} values in [{counts.min() if counts.numel() else ''}, "
+                         f"{counts.max() if counts.numel() else ''}]")
+    n = len(embeddings)
+    class_size = (labels[:, None] == labels[None, :]).sum(1)  # (N,)
+    if int((n - class_size).min()) < k:
+        raise ValueError(f"k = {k} exceeds the rows outside some query's class "
+                         f"({int((n - class_size).min())}); pass a smaller k")
+    g = torch.Generator().manual_seed(int(seed))
+    m = counts[torch.randint(0, len(counts), (n,), generator=g)]  # (N,) drawn same-class counts
+    m = torch.minimum(m, class_size - 1)
+    x = F.normalize(embeddings, dim=-1)
+    sim = x @ x.T  # (N, N)
+    sim.fill_diagonal_(-float("inf"))  # self excluded
+    same = labels[:, None] == labels[None, :]
+    s_same = sim.masked_fill(~same, -float("inf")).topk(k, dim=1)  # nearest same-class
+    s_other = sim.masked_fill(same, -float("inf")).topk(k, dim=1)  # nearest other-class
+    take_same = torch.arange(k)[None, :] < m[:, None]  # (N, K) first m of the same-class list
+    take_other = torch.arange(k)[None, :] < (k - m)[:, None]
+    cand_idx = torch.cat([s_same.indices, s_other.indices], dim=1)  # (N, 2K)
+    cand_sim = torch.cat([s_same.values.masked_fill(~take_same, -float("inf")),
+                          s_other.values.masked_fill(~take_other, -float("inf"))], dim=1)
+    order = cand_sim.topk(k, dim=1).indices  # (N, K) the chosen K, nearest first
+    idx = cand_idx.gather(1, order)
+    return x[idx], idx
+
+
+def _check_k(k, n_ref: int, what: str) -> None:
+    if isinstance(k, int) and not isinstance(k, bool) and not 1 <= k <= n_ref:
+        raise ValueError(f"k must be in [1, {n_ref}] = [1, {what}], got k = {k}")
+
+
+@torch.no_grad()
+def refine_embeddings(refiner: nn.Module | str, embeddings: torch.Tensor, k: int, *,
+                      reference: torch.Tensor | None = None, batch_size: int = 4096,
+                      device: str | torch.device = "auto", return_all: bool = False,
+                      chunk_size: int = 1024, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Alg. 2: refine embeddings with their kNN contexts, batched.
+
+    The neighbour indices come from :func:`dmlviz.metrics.knn`; for ``variant="full"`` each
+    block projects every gallery row to its key and value once and gathers them per query
+    (module docstring), so the cost per block is ``O((N + R)·D²)`` instead of ``O(N·K·D²)``.
+
+    Two protocols:
+
+    * ``reference=None`` (Alg. 2): the gallery refines itself; contexts are each row's K
+      nearest *other* rows of ``embeddings``.
+    * ``reference=G`` (a query/gallery split): the queries ``embeddings`` are refined with
+      contexts among the gallery rows ``G`` (none excluded). Refine the gallery itself with
+      ``reference=None`` and retrieve refined queries against the refined gallery.
+
+    Args:
+        refiner: a trained :class:`NeighborRefiner`, or one of :data:`PARAMETER_FREE`
+            (``"nn_avg"``, ``"nn_half"``, ``"nn_softmax"``; :func:`parameter_free`).
+        embeddings: ``(N, D)`` initial embeddings to refine.
         k: neighbours per context (the value the refiner was trained with).
+        reference: ``(R, D)`` gallery the contexts come from, or None (``embeddings``).
         batch_size: queries refined at once.
         device: where to run (``"auto"``, ``"cpu"``, ``"cuda"``).
         return_all: return every step ``(N, T+1, D)`` instead of ``e^T (N, D)``.
@@ -334,35 +574,61 @@ def refine_embeddings(refiner: nn.Module | str, embeddings: torch.Tensor, k: int
     embeddings = as_tensor(embeddings, "embeddings")
     check_embeddings(embeddings)
     batch_size = check_int(batch_size, "batch_size", 1)
-    if isinstance(k, int) and not isinstance(k, bool) and not 1 <= k <= len(embeddings) - 1:
-        raise ValueError(f"k must be in [1, {len(embeddings) - 1}] = [1, N − 1], got k = {k}")
+    if reference is None:
+        _check_k(k, len(embeddings) - 1, "N − 1")
+    else:
+        reference = as_tensor(reference, "reference")
+        check_embeddings(reference, name="reference")
+        if reference.shape[1] != embeddings.shape[1]:
+            raise ValueError(f"reference must have D = {embeddings.shape[1]} as embeddings, got "
+                             f"shape {tuple(reference.shape)}")
+        _check_k(k, len(reference), "R (the reference rows)")
     if isinstance(refiner, str):
-        if refiner != "nn_avg":
-            raise ValueError(f"refiner must be a NeighborRefiner or 'nn_avg', got {refiner!r}")
+        if refiner not in PARAMETER_FREE:
+            raise ValueError(f"refiner must be a NeighborRefiner or one of {PARAMETER_FREE}, "
+                             f"got {refiner!r}")
         if return_all:
-            raise ValueError("return_all needs a NeighborRefiner ('nn_avg' has a single step)")
+            raise ValueError(f"return_all needs a NeighborRefiner ({refiner!r} has a single step)")
         model = None
     else:
         model = refiner.to(device)
         was_training = model.training
         param_dtype = next(model.parameters()).dtype
         model.eval()
-    gallery = F.normalize(embeddings.to(device).float(), dim=-1)  # (N, D)
+    queries = F.normalize(embeddings.to(device).float(), dim=-1)  # (N, D)
+    gallery = queries if reference is None else F.normalize(reference.to(device).float(), dim=-1)
     if dtype is not None:
-        gallery = gallery.to(dtype)
+        queries, gallery = queries.to(dtype), (gallery.to(dtype) if reference is not None
+                                               else queries.to(dtype))
         if model is not None:
             model = model.to(dtype)
-    _, idx = knn(gallery, None, k=k, exclude_self=True, chunk_size=chunk_size)  # (N, K)
-    out = []
-    for start in range(0, len(gallery), batch_size):
-        e0 = gallery[start:start + batch_size]  # (b, D)
-        context = gallery[idx[start:start + batch_size]]  # (b, K, D)
-        refined = (neighbour_average(e0, context) if model is None
-                   else model(e0, context, return_all=return_all))
-        out.append(refined.float().cpu())
+    _, idx = knn(queries, None if reference is None else gallery, k=k, exclude_self=True,
+                 chunk_size=chunk_size)  # (N, K)
+    batches = [slice(s, s + batch_size) for s in range(0, len(queries), batch_size)]
+    if model is not None and model.variant == "full":
+        e = queries
+        steps = [e.float().cpu()] if return_all else []
+        for block in model.blocks:
+            keys, values = block.project_context(gallery)  # (R, D) each row once per block
+            new = torch.empty_like(e)
+            for b in batches:
+                update, _ = block.attend(e[b], keys[idx[b]], values[idx[b]])  # eq. (2)
+                new[b] = F.normalize(e[b] + update, dim=-1)  # eq. (3)
+            e = new
+            if return_all:
+                steps.append(e.float().cpu())
+        result = torch.stack(steps, dim=1) if return_all else e.float().cpu()
+    else:
+        out = []
+        for b in batches:
+            context = None if (model is not None and model.variant == "ca_only") else gallery[idx[b]]
+            refined = (parameter_free(refiner, queries[b], context) if model is None
+                       else model(queries[b], context, return_all=return_all))
+            out.append(refined.float().cpu())
+        result = torch.cat(out)
     if model is not None:
         model.to(param_dtype).train(was_training)
-    return torch.cat(out)
+    return result
 
 
 def fit_refiner(
@@ -373,6 +639,8 @@ def fit_refiner(
     num_blocks: int = 8,
     num_heads: int = 8,
     variant: str = "full",
+    contexts: torch.Tensor | None = None,
+    early_stopping: float | None = None,
     test_embeddings: torch.Tensor | None = None,
     test_labels: torch.Tensor | None = None,
     epochs: int = 20,
@@ -391,35 +659,96 @@ def fit_refiner(
     excluded, :func:`build_contexts`) are computed once and packed as the pair of inputs
     ``(e⁰, C)`` that :func:`dmlviz.train.fit` indexes together and passes as
     ``refiner(e⁰, C)`` — the same P×K loop, optimiser and checkpoint cache as every model.
+    Denormal floats are flushed to zero while it trains (:func:`flush_denormals`; the
+    previous setting is restored).
 
     Args:
         embeddings: ``(N, D)`` initial training embeddings.
         labels: ``(N,)`` training labels.
         k: neighbours per context.
         num_blocks, num_heads, variant: see :class:`NeighborRefiner`.
+        contexts: ``(N, K, D)`` training contexts to use instead of the kNN ones (e.g.
+            :func:`purity_matched_contexts`); None builds them.
+        early_stopping: a fraction of the training *classes* (seeded choice) held out: the
+            refiner trains on the others for up to ``epochs`` epochs, Recall@1 on the held-out
+            classes (contexts from their own rows, as a test gallery) is measured after every
+            epoch, and the returned refiner is the one after the best epoch (retrained to it;
+            training is deterministic). Its ``trained_epochs`` attribute says which.
         test_embeddings, test_labels: unseen classes, contexts from their own gallery, for
-            the periodic Recall@K of :func:`dmlviz.train.fit` (optional).
+            the periodic Recall@K of :func:`dmlviz.train.fit` (optional; ignored with
+            ``early_stopping``).
         epochs, p, lr, eval_every, seed, device, cache, progress: as in :func:`dmlviz.train.fit`.
         per_class: samples per class in a P×K batch (``fit``'s ``k``).
 
     Returns:
-        ``(refiner, history)``: the trained refiner (eval mode) and its
-        :class:`dmlviz.train.History`.
+        ``(refiner, history)``: the trained refiner (eval mode, ``trained_epochs`` set) and
+        its :class:`dmlviz.train.History` (with ``early_stopping``: of the run over all
+        epochs, ``metrics["recall@1"]`` on the held-out classes at ``eval_epochs``).
     """
     from dmlviz.losses import MultiSimilarityLoss
     from dmlviz.train import fit
+    from dmlviz.utils import derive_seed
 
     embeddings = as_tensor(embeddings, "embeddings").float()
-    check_embeddings(embeddings)
-    torch.manual_seed(seed)
-    refiner = NeighborRefiner(embeddings.shape[1], num_blocks, num_heads, variant=variant)
-    contexts, _ = build_contexts(embeddings, k)  # (N, K, D) Alg. 1: training-set contexts
-    test = {}
-    if test_embeddings is not None:
-        test_embeddings = as_tensor(test_embeddings, "test_embeddings").float()
-        test_contexts, _ = build_contexts(test_embeddings, k)  # (M, K, D)
-        test = {"test_inputs": (test_embeddings, test_contexts), "test_labels": test_labels}
-    history = fit(refiner, MultiSimilarityLoss(), (embeddings, contexts), labels,  # eq. (4)
-                  epochs=epochs, p=p, k=per_class, lr=lr, eval_every=eval_every, seed=seed,
-                  device=device, cache=cache, progress=progress, **test)
-    return refiner.cpu().eval(), history
+    labels = check_labels(labels, "labels")
+    check_embeddings(embeddings, labels)
+    if contexts is not None:
+        contexts = as_tensor(contexts, "contexts").float()
+        if contexts.ndim != 3 or contexts.shape[0] != len(embeddings) or contexts.shape[2] != \
+                embeddings.shape[1]:
+            raise ValueError(f"contexts must be (N, K, D) = ({len(embeddings)}, K, "
+                             f"{embeddings.shape[1]}) like embeddings, got {tuple(contexts.shape)}")
+        contexts = F.normalize(contexts, dim=-1)
+        k = contexts.shape[1]
+
+    def new_refiner():
+        torch.manual_seed(seed)
+        return NeighborRefiner(embeddings.shape[1], num_blocks, num_heads, variant=variant)
+
+    train_kw = dict(p=p, k=per_class, lr=lr, seed=seed, device=device, cache=cache,
+                    progress=progress)
+    with flush_denormals():
+        if early_stopping is None:
+            if contexts is None:
+                contexts, _ = build_contexts(embeddings, k)  # (N, K, D) Alg. 1: training contexts
+            test = {}
+            if test_embeddings is not None:
+                test_embeddings = as_tensor(test_embeddings, "test_embeddings").float()
+                test_contexts, _ = build_contexts(test_embeddings, k)  # (M, K, D)
+                test = {"test_inputs": (test_embeddings, test_contexts), "test_labels": test_labels}
+            refiner = new_refiner()
+            history = fit(refiner, MultiSimilarityLoss(), (embeddings, contexts), labels,  # eq. (4)
+                          epochs=epochs, eval_every=eval_every, **train_kw, **test)
+            refiner.trained_epochs = epochs
+            return refiner.cpu().eval(), history
+        if not 0.0 < float(early_stopping) < 1.0:
+            raise ValueError(f"early_stopping must be None or a fraction in (0, 1), got {early_stopping}")
+        classes = labels.unique()
+        n_val = max(1, round(float(early_stopping) * len(classes)))
+        if len(classes) - n_val < 2:
+            raise ValueError(f"early_stopping = {early_stopping} leaves {len(classes) - n_val} of "
+                             f"{len(classes)} training classes to train on; at least 2 are needed")
+        g = torch.Generator().manual_seed(derive_seed(seed, 1))
+        held = classes[torch.randperm(len(classes), generator=g)[:n_val]]
+        val = torch.isin(labels, held)
+        fit_rows = ~val
+        # the classes that train find their neighbours among themselves (no held-out rows)
+        fit_ctx = (contexts[fit_rows] if contexts is not None
+                   else build_contexts(embeddings[fit_rows], k)[0])  # (N_fit, K, D)
+        val_ctx, _ = build_contexts(embeddings[val], k)  # held-out classes: their own gallery
+        inputs = (embeddings[fit_rows], fit_ctx)
+        run = new_refiner()
+        history = fit(run, MultiSimilarityLoss(), inputs, labels[fit_rows], epochs=epochs,
+                      eval_every=1, test_inputs=(embeddings[val], val_ctx),
+                      test_labels=labels[val], **train_kw)
+        scores = history.metrics["recall@1"]  # at eval_epochs 0, 1, …, epochs
+        best = max(range(1, len(scores)), key=lambda i: (scores[i], -i))  # earliest best epoch ≥ 1
+        best_epoch = history.eval_epochs[best]
+        refiner = new_refiner()
+        if best_epoch == epochs:
+            refiner.load_state_dict(run.state_dict())
+        else:
+            fit(refiner, MultiSimilarityLoss(), inputs, labels[fit_rows], epochs=best_epoch,
+                eval_every=best_epoch, **train_kw)
+        refiner.trained_epochs = best_epoch
+        return refiner.cpu().eval(), history
