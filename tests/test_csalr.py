@@ -30,7 +30,8 @@ def _module(cls=CSALR, **kw):
 
 def slow_csalr(m: CSALR, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """Eqs. 10–17 written out: loops over batch and groups, avg_pool2d landmarks, explicit
-    same-patch indicator (added to the affinities), explicit inverse."""
+    same-patch indicator on A_nm and A_mm only (eqs. 15–16: "we transform A_n,m and A_m,m";
+    B = A_m,n as eq. 13), explicit inverse."""
     b, c, h, w = x.shape
     mh, mw = grid
     assert h % mh == 0 and w % mw == 0  # the slow path uses kernel = stride pooling
@@ -60,7 +61,7 @@ def slow_csalr(m: CSALR, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor
             a_mm = torch.softmax(s * qt @ kt.T, 1)
             a_mn = torch.softmax(s * qt @ k.T, 1)
             if m.indicator:
-                a_nm, a_mm, a_mn = a_nm + P.T, a_mm + torch.eye(big_m, dtype=x.dtype), a_mn + P
+                a_nm, a_mm = a_nm + P.T, a_mm + torch.eye(big_m, dtype=x.dtype)  # eqs. (15), (16)
             wmat = a_nm @ torch.linalg.inv(a_mm)
             heads.append((wmat @ a_mn @ v).T.reshape(cv, h, w))
         outs.append(torch.cat(heads, 0))
@@ -103,17 +104,36 @@ def test_alpha_zero_is_identity():
 
 
 def test_maps_shapes_and_b_rows():
+    """Eq. (13) "B = A_m,n", a softmax over the n positions: its rows sum to 1 whether or
+    not the indicator is on (eqs. 15–16 transform only A_n,m and A_m,m)."""
     x = torch.randn(2, 16, 8, 8, dtype=DT)
-    for kw in (dict(indicator=False), dict(indicator=True, indicator_at="logit")):
+    for kw in (dict(indicator=False), dict(indicator=True), dict(indicator=True, indicator_at="logit")):
         m = _module(channels=16, qk_channels=8, landmarks=(2, 4), groups=4, **kw)
         y, w, b = m(x, return_maps=True)
         assert y.shape == x.shape and w.shape == (2, 4, 64, 8) and b.shape == (2, 4, 8, 64)
         torch.testing.assert_close(b.sum(-1), torch.ones(2, 4, 8, dtype=DT))
-    # with the indicator on the affinities, B = A_mn + P: rows sum to 1 + patch size
-    m = _module(channels=16, qk_channels=8, landmarks=(2, 4), groups=1)
+        torch.testing.assert_close(w.sum(-1), torch.ones(2, 4, 64, dtype=DT))  # W 1 = 1
+        torch.testing.assert_close((w @ b).sum(-1), torch.ones(2, 4, 64, dtype=DT))
+    # the deviation kept for teaching (P on B too): B's rows sum to 1 + patch size
+    m = _module(channels=16, qk_channels=8, landmarks=(2, 4), groups=1, indicator_at="affinity_b")
     _, w, b = m(x, return_maps=True)
     torch.testing.assert_close(b.sum(-1), torch.full((2, 1, 8), 9.0, dtype=DT))
-    torch.testing.assert_close(w.sum(-1), torch.ones(2, 1, 64, dtype=DT))  # W 1 = 1
+
+
+def test_indicator_with_every_position_a_landmark_reconstructs_A_exactly():
+    """Eqs. (15)–(16) with m = n: 1(Q_i, K'_j) = I, A_n,m = A_m,m = A, so
+    W = (A + I)(A + I)⁻¹ = I and W B = A_m,n = A (eq. 14) — checked against the explicit
+    softmax(s q kᵀ) of eq. (10), in float64."""
+    m = _module(channels=8, qk_channels=4, landmarks=(5, 6), indicator=True, inverse="solve")
+    x = torch.randn(2, 8, 5, 6, dtype=DT)
+    q, k, _ = m.qkv(x)
+    exact = torch.softmax(m.scale * q @ k.transpose(-1, -2), -1)  # (2, 1, 30, 30) eq. (10)
+    torch.testing.assert_close(m.reconstruction(x), exact, rtol=1e-12, atol=1e-14)
+    _, w, _ = m(x, return_maps=True)
+    torch.testing.assert_close(w, torch.eye(30, dtype=DT).expand_as(w), rtol=1e-12, atol=1e-12)
+    sa = _module(SelfAttention, channels=8, qk_channels=4)
+    sa.load_state_dict(m.state_dict())
+    torch.testing.assert_close(m(x), sa(x), rtol=1e-10, atol=1e-12)
 
 
 def test_groups_split_and_fuse():
@@ -164,9 +184,40 @@ def test_gradients_reach_alpha_q_k_v():
     for name in ("alpha", "query.weight", "key.weight", "value.weight", "fuse.weight"):
         grad = dict(m.named_parameters())[name].grad
         assert grad is not None and grad.abs().sum() > 0, name
-    m0 = CSALR(8, 4, (2, 2))  # α = 0: only α gets a gradient at the first step
+    m0 = CSALR(8, 4, (2, 2))  # α = 0: through the main branch only α gets a gradient
     m0(torch.randn(2, 8, 4, 4)).square().sum().backward()
     assert m0.alpha.grad.abs().sum() > 0
+    assert m0.query.weight.grad is None or m0.query.weight.grad.abs().sum() == 0
+
+
+def test_deep_supervision_trains_q_k_v_at_alpha_zero():
+    """Sec. 3.3: "we first perform an element-wise multiplication between the input feature map
+    and the output of CSALR module ... then we apply a global average pooling layer ... a fully
+    connected layer and apply a loss function ... we implement deep supervision before the
+    residual connection". The branch sees the module's output, not x + α·f, so at α = 0 the
+    cross-entropy of eq. (18) must still reach the query/key/value convolutions."""
+    torch.manual_seed(0)
+    for attention, kw in (("csalr", dict(landmarks=(2, 2), groups=2)), ("sa", dict(groups=2))):
+        model = AttentionEmbedder(8, 6, attention, num_classes=3, qk_channels=4, **kw).train()
+        assert model.attention.alpha.item() == 0.0
+        x, y = torch.randn(12, 8, 4, 4), torch.arange(3).repeat(4)
+        out = model(x)
+        F.cross_entropy(out.logits, y).backward()
+        for name in ("query.weight", "key.weight", "value.weight"):
+            grad = dict(model.attention.named_parameters())[name].grad
+            assert grad is not None and grad.abs().sum() > 0, (attention, name)
+        assert model.attention.alpha.grad is None  # the branch does not depend on α
+
+
+def test_deep_supervised_loss_sums_over_branches():
+    """Eq. (18): L_sum = L_F + λ Σ_{i=1}^{N} L_DS_i, N the number of CSALR modules."""
+    torch.manual_seed(1)
+    e = F.normalize(torch.randn(12, 6), dim=1)
+    y = torch.arange(3).repeat(4)
+    branches = tuple(torch.randn(12, 3) for _ in range(3))
+    loss = DeepSupervisedLoss(MultiSimilarityLoss(), weight=0.7)
+    expected = MultiSimilarityLoss()(e, y) + 0.7 * sum(F.cross_entropy(b, y) for b in branches)
+    torch.testing.assert_close(loss(SupervisedEmbedding(e, branches), y), expected)
 
 
 class _MaxNumel(TorchDispatchMode):
@@ -216,7 +267,11 @@ def test_embedder_deep_supervision_and_loss():
     x, y = torch.randn(12, 8, 4, 4), torch.arange(3).repeat(4)
     out = model.train()(x)
     assert isinstance(out, SupervisedEmbedding) and out.logits.shape == (12, 3)
-    gap = (x * model.attention(x)).mean((2, 3))  # x ⊙ O → GAP → linear
+    with torch.no_grad():  # the module's output before the residual (α = 0 here: O = x)
+        q, k, v = model.attention.qkv(x)
+        f = csalr_attention(q, k, v, (2, 2), size=(4, 4), scale=model.attention.scale)  # (12, 1, 16, 8)
+        f = f.transpose(2, 3).reshape(12, 8, 4, 4)
+    gap = (x * f).mean((2, 3))  # x ⊙ f → GAP → linear, before the residual
     torch.testing.assert_close(out.logits, model.classifier(gap))
     loss = DeepSupervisedLoss(MultiSimilarityLoss(), weight=0.5)
     expected = MultiSimilarityLoss()(out.embeddings, y) + 0.5 * F.cross_entropy(out.logits, y)

@@ -1,6 +1,10 @@
 """Tests of dmlviz.attention.nystrom (reference formulas, exactness, bad inputs) and of the
 figure helpers in dmlviz.viz.matrices."""
 
+import subprocess
+import sys
+import textwrap
+
 import matplotlib
 import pytest
 import torch
@@ -203,15 +207,50 @@ def test_attention_equals_exact_when_every_position_is_a_landmark():
     torch.testing.assert_close(f.w @ (f.b @ v[0]), exact[0] @ v[0], rtol=1e-9, atol=1e-11)
 
 
-def test_indicator_all_landmarks_gives_the_target_of_each_reading():
-    q, k = randn(16, 4, seed=20), randn(16, 4, seed=21)
-    exact = softmax_attention(q, k)
-    eye = torch.eye(16, dtype=F64)
-    f = nystrom_softmax_attention(q, k, 16, indicator=True, return_reconstruction=True)
-    torch.testing.assert_close(f.reconstruction, exact + eye)  # affinity: Nyström of A + PᵀP
-    f = nystrom_softmax_attention(q, k, 16, indicator=True, indicator_at="logit",
+def test_indicator_all_landmarks_reconstructs_A_exactly():
+    """Eqs. (15)–(16): "we transform A_n,m and A_m,m" by "+ 1(Q_i, K'_j)", and eq. (14)
+    "A_n,n ≈ A_n,m A_m,m⁻¹ A_m,n = WB" with "B = A_m,n". With m = n every position is its own
+    patch (1 = I) and A_n,m = A_m,m = A, so W = (A + I)(A + I)⁻¹ = I and WB = A exactly;
+    checked against the explicit softmax of eq. (10) in float64, batched and with a 2-D grid."""
+    q, k = randn(3, 24, 4, seed=20), randn(3, 24, 4, seed=21)
+    exact = softmax_attention(q, k, scale=0.8)  # (3, 24, 24)
+    for kwargs in ({"m": 24}, {"m": (4, 6), "size": (4, 6)}):
+        f = nystrom_softmax_attention(q, k, indicator=True, scale=0.8, return_reconstruction=True,
+                                      **kwargs)
+        torch.testing.assert_close(f.reconstruction, exact, rtol=1e-13, atol=1e-15)
+        torch.testing.assert_close(f.b, exact, rtol=1e-13, atol=1e-15)  # B = A_m,n, no indicator
+    # the deviation kept for teaching ("affinity_b", P added to B too) returns A + I instead
+    eye = torch.eye(24, dtype=F64)
+    f = nystrom_softmax_attention(q, k, 24, indicator=True, indicator_at="affinity_b", scale=0.8,
                                   return_reconstruction=True)
-    torch.testing.assert_close(f.reconstruction, torch.softmax(q @ k.T + eye, -1))
+    torch.testing.assert_close(f.reconstruction, exact + eye)
+
+
+def test_indicator_rows_of_WB_and_B_sum_to_one():
+    """Eq. (13) B = A_m,n is a softmax over the n positions (rows sum to 1); eqs. (15)–(16) add
+    1(·,·) to A_n,m and A_m,m only, so (A_m,m + I) 1 = 2·1 = (A_n,m + Pᵀ) 1 and W 1 = 1: the rows
+    of WB sum to 1 for any m. The blocks are rebuilt here from the pooled landmarks with an
+    explicit indicator matrix and an explicit inverse."""
+    for n, grid, size in ((48, (2, 3), (6, 8)), (35, 5, None), (49, (3, 3), (7, 7))):
+        q, k = randn(2, n, 5, seed=n), randn(2, n, 5, seed=n + 1)
+        f = nystrom_softmax_attention(q, k, grid, size=size, indicator=True, return_reconstruction=True)
+        qt, patch = pool_landmarks(q, grid, size=size)
+        kt, _ = pool_landmarks(k, grid, size=size)
+        m = qt.shape[1]
+        P = torch.zeros(m, n, dtype=F64)
+        for pos in range(n):
+            P[patch[pos], pos] = 1.0  # 1(Q_pos, K'_j): position pos lies in patch j
+        a_nm = torch.softmax(q @ kt.transpose(1, 2), -1) + P.T  # eq. (15)
+        a_mm = torch.softmax(qt @ kt.transpose(1, 2), -1) + torch.eye(m, dtype=F64)  # eq. (16)
+        b = torch.softmax(qt @ k.transpose(1, 2), -1)  # eq. (13), unchanged
+        w = a_nm @ torch.linalg.inv(a_mm)
+        torch.testing.assert_close(f.b, b)
+        torch.testing.assert_close(f.w, w, rtol=1e-10, atol=1e-12)
+        ones = torch.ones(2, n, dtype=F64)
+        torch.testing.assert_close(b.sum(-1), torch.ones(2, m, dtype=F64))
+        torch.testing.assert_close((w @ b).sum(-1), ones, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(f.reconstruction.sum(-1), ones, rtol=1e-10, atol=1e-12)
+        assert int(torch.linalg.matrix_rank(a_mm[0])) == m  # A_m,m + I invertible
 
 
 def test_separately_normalised_blocks_are_rescaled_blocks_of_A():
@@ -270,6 +309,32 @@ def test_indicator_core_can_fail_when_the_softmax_underflows():
                                       patch=torch.tensor([0, 1, 0, 1]), indicator=True).w
         if w.isfinite().all():
             raise RuntimeError("solved a singular system")
+
+
+def test_batched_solve_with_two_threads_does_not_hang():
+    """The CPU solve guard (dmlviz.attention.nystrom.solve_right): after
+    torch.set_num_threads(2), a batched torch.linalg.solve with batch >= 2 and M >= ~150 hangs
+    in oneMKL's DLASWP on this build. Notebook 02's M = 192 point, batched, with the indicator
+    (exact solve), in a subprocess under a timeout; compared with per-item float64 solves."""
+    code = textwrap.dedent("""
+        import torch
+        torch.set_num_threads(2)
+        from dmlviz.attention.nystrom import nystrom_softmax_attention, solve_right
+        g = torch.Generator().manual_seed(0)
+        q = torch.randn(3, 28 * 28, 8, generator=g, dtype=torch.float64)
+        k = torch.randn(3, 28 * 28, 8, generator=g, dtype=torch.float64)
+        f = nystrom_softmax_attention(q, k, (12, 16), size=(28, 28), indicator=True)  # M = 192
+        ref = torch.stack([torch.linalg.solve(f.a_mm[i], f.a_nm[i], left=False) for i in range(3)])
+        assert torch.allclose(f.w, ref, rtol=1e-10, atol=1e-12)
+        core = f.a_mm.float().requires_grad_()
+        out = solve_right(core, f.a_nm.float())  # float32 and backward too
+        out.sum().backward()
+        assert core.grad.isfinite().all()
+        print("ok", tuple(f.w.shape))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "ok (3, 784, 192)" in proc.stdout, proc.stdout + proc.stderr
+    assert "DLASWP" not in proc.stdout + proc.stderr
 
 
 def test_inverse_variants_agree_at_the_attention_level():

@@ -13,15 +13,18 @@ For a feature map ``x`` of ``C`` channels over ``N = H·W`` positions, per group
     A   = softmax_N(s q kᵀ)                       (N×N, never built in forward)      (10)
     q̃, k̃ = avg-pool of q, k over an mh × mw grid of disjoint patches (M = mh·mw)
     A_nm = softmax_M(s q k̃ᵀ), A_mm = softmax_M(s q̃ k̃ᵀ), A_mn = softmax_N(s q̃ kᵀ)   (11–13)
-    (+ the same-patch indicator, eqs. 15–16, when ``indicator=True``)
+    with the indicator (default): A_nm + Pᵀ, A_mm + I; B = A_mn unchanged            (15–16)
     W = A_nm A_mm⁻¹  (N×M),  B = A_mn  (M×N),  W B ≈ A                             (14)
-    O = x + α · fuse([W_g (B_g v_g)]_g),  α initialised to 0                        (17)
+    f = fuse([W_g (B_g v_g)]_g)         the CSALR module's output
+    O = x + α · f,  α initialised to 0   the residual, "drawn out of the CSALR module"  (17)
 
-Deep supervision (section 3.3): ``logits = Linear(GAP(x ⊙ CSALR(x)))``, trained with
-cross-entropy and added to the metric loss, ``L = L_metric + λ L_CE`` (eq. 18).
+Deep supervision (section 3.3): "we implement deep supervision before the residual
+connection": ``logits_i = Linear(GAP(x ⊙ f))`` — the *input* times the module's output ``f``,
+not ``O`` — trained with cross-entropy, ``L = L_F + λ Σ_i L_DS_i`` (eq. 18). Because ``f``
+does not pass through α, the branch trains q, k and v from the first step, while α = 0 still
+leaves the main branch unchanged (:meth:`CSALR.attend`, :class:`AttentionEmbedder`).
 
-Interpretations (no copy of the paper was at hand; where its text leaves a choice open we
-made the usual one and say so):
+Choices where the paper's text leaves one open (section numbers refer to the paper):
 
 * **Pooling grid.** ``landmarks=(mh, mw)`` cuts the map into an ``mh × mw`` grid of disjoint
   patches; when ``H`` (or ``W``) is divisible by ``mh`` (``mw``) this is exactly
@@ -34,13 +37,13 @@ made the usual one and say so):
 * **Temperature.** ``scale`` multiplies the logits; the default ``qk_channels_per_group**-0.5``
   (Transformer convention) keeps the softmaxes from saturating on backbone features. The
   paper writes ``softmax(QKᵀ)`` (``scale=1``).
-* **Indicator** (eqs. 15–16) is added to the *normalised* blocks by default
-  (``indicator_at="affinity"``, see :mod:`dmlviz.attention.nystrom`): then ``A_mm + I`` is
-  always invertible and ``W B`` approximates ``A + PᵀP`` (attention plus each position's own
-  patch), not ``A``. ``indicator_at="logit"`` adds it inside the softmaxes instead.
-* **Inverse.** ``inverse="auto"`` solves with ``A_mm + I`` when the indicator is on (always
-  invertible) and uses the pseudo-inverse without it (pooled landmarks of a smooth map are
-  nearly equal, so ``A_mm`` can be numerically singular).
+* **Indicator** (eqs. 15–16, as printed; default on): ``A_nm + Pᵀ`` and ``A_mm + I``, with
+  ``B = A_mn`` unchanged (see :mod:`dmlviz.attention.nystrom`); ``A_mm + I`` is always
+  invertible and ``W B`` has rows summing to 1. ``indicator_at="affinity_b"`` (also ``P`` on
+  ``B``) and ``"logit"`` are other readings, kept for teaching, not the paper's form.
+* **Inverse.** ``inverse="auto"`` solves exactly with ``A_mm + I`` when the indicator is on
+  (always invertible, the paper's ``A_mm⁻¹``) and uses the pseudo-inverse without it (pooled
+  landmarks of a smooth map are nearly equal, so ``A_mm`` can be numerically singular).
 * **Projections.** ``q, k`` have ``qk_channels`` (default ``C // 8``, as in SAGAN/DANet,
   rounded down to a multiple of ``groups``); ``v`` keeps ``C`` channels. Heads split the
   channels of ``q, k, v`` into ``groups`` equal parts; the fusing 1×1 convolution
@@ -123,8 +126,9 @@ def csalr_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, landmarks
         v: ``(B, G, N, Cv)`` values.
         landmarks: ``M`` or ``(mh, mw)`` (see :func:`landmark_grid`).
         size: ``(H, W)`` with ``H·W = N``.
-        indicator: add the same-patch indicator (eqs. 15–16).
-        indicator_at: ``"affinity"`` or ``"logit"`` (see :mod:`dmlviz.attention.nystrom`).
+        indicator: add the same-patch indicator to ``A_nm`` and ``A_mm`` (eqs. 15–16).
+        indicator_at: ``"affinity"`` (the paper), ``"affinity_b"`` or ``"logit"`` (see
+            :mod:`dmlviz.attention.nystrom`).
         scale: multiplies the logits.
         inverse: ``"auto"`` (``"solve"`` with the indicator, else ``"pinv"``), ``"solve"``,
             ``"pinv"`` or ``"iterative"``.
@@ -156,7 +160,7 @@ def csalr_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, landmarks
                          f"N = {n}")
     grid = landmark_grid(landmarks, size)
     if inverse == "auto":
-        inverse = "solve" if indicator and indicator_at == "affinity" else "pinv"
+        inverse = "solve" if indicator and indicator_at != "logit" else "pinv"
     low = q.dtype in (torch.float16, torch.bfloat16)  # no half-precision linalg.solve / pinv
     qf, kf = (q.float(), k.float()) if low else (q, k)
     qf, kf = qf.reshape(b * g, n, -1), kf.reshape(b * g, n, -1)  # (B·G, N, Cq)
@@ -208,7 +212,7 @@ class _Projections(nn.Module):
 
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``x (B, C, H, W)`` → ``q, k (B, G, N, Cq/G)``, ``v (B, G, N, C/G)``."""
-        check_feature_map(x, "x", self.channels)
+        check_feature_map(x, "x", self.channels, module=self)
         b, g = x.shape[0], self.groups
 
         def heads(t: torch.Tensor) -> torch.Tensor:  # (B, G·c, H, W) → (B, G, N, c)
@@ -216,11 +220,15 @@ class _Projections(nn.Module):
 
         return heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
 
-    def residual(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """``x + α · fuse(out)``; ``out (B, G, N, C/G)`` back to ``(B, C, H, W)``."""
+    def merge(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``fuse(out)``: the heads ``out (B, G, N, C/G)`` back to ``(B, C, H, W)``, fused."""
         b, c, h, w = x.shape
         y = out.transpose(2, 3).reshape(b, c, h, w)  # heads concatenated along channels
-        return x + self.alpha * self.fuse(y)  # eq. (17)
+        return self.fuse(y)  # 1×1 convolution over the groups (identity for one group)
+
+    def residual(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``x + α · fuse(out)``; ``out (B, G, N, C/G)`` back to ``(B, C, H, W)``."""
+        return x + self.alpha * self.merge(x, out)  # eq. (17)
 
     def full_attention(self, x: torch.Tensor) -> torch.Tensor:
         """The exact attention maps ``softmax_N(s q kᵀ)`` (eq. 10): ``(B, G, N, N)``."""
@@ -241,8 +249,8 @@ class CSALR(_Projections):
             ``groups``).
         landmarks: ``M`` or ``(mh, mw)``: the pooling grid of the virtual landmarks.
         groups: heads ``G``; channels split evenly, one CSALR each, fused by a 1×1 conv.
-        indicator: the same-patch indicator of eqs. 15–16.
-        indicator_at: ``"affinity"`` (default) or ``"logit"``.
+        indicator: the same-patch indicator of eqs. 15–16 (on ``A_nm`` and ``A_mm``).
+        indicator_at: ``"affinity"`` (default, the paper), ``"affinity_b"`` or ``"logit"``.
         scale: logit scale (default ``(qk_channels / groups) ** -0.5``; the paper: 1).
         inverse: ``"auto"``, ``"solve"``, ``"pinv"`` or ``"iterative"``.
 
@@ -279,12 +287,26 @@ class CSALR(_Projections):
             ``O (B, C, H, W)`` = ``x + α · fuse(W (B v))``, and with ``return_maps`` the
             tuple ``(O, W, B)``; ``W[b, g] @ B[b, g]`` is the reconstructed map.
         """
+        f, w, bm = self.attend(x, return_maps=True)  # (B, C, H, W), the module's output
+        y = x + self.alpha * f  # (B, C, H, W) eq. (17)
+        return (y, w, bm) if return_maps else y
+
+    def attend(self, x: torch.Tensor, return_maps: bool = False):
+        """The CSALR module's output before the residual: ``f = fuse(W (B v))``.
+
+        Args:
+            x: ``(B, C, H, W)`` feature map.
+            return_maps: also return ``W (B, G, N, M)`` and ``B (B, G, M, N)``.
+
+        Returns:
+            ``f (B, C, H, W)`` (``forward`` gives ``x + α f``), with ``return_maps`` ``(f, W, B)``.
+        """
         q, k, v = self.qkv(x)  # (B, G, N, Cq/G), (B, G, N, Cq/G), (B, G, N, C/G)
         out, w, bm = csalr_attention(q, k, v, self.landmarks, size=tuple(x.shape[2:]),
                                      indicator=self.indicator, indicator_at=self.indicator_at,
                                      scale=self.scale, inverse=self.inverse, return_maps=True)
-        y = self.residual(x, out)  # (B, C, H, W) eq. (17)
-        return (y, w, bm) if return_maps else y
+        f = self.merge(x, out)  # (B, C, H, W)
+        return (f, w, bm) if return_maps else f
 
     def reconstruction(self, x: torch.Tensor) -> torch.Tensor:
         """The reconstructed maps ``W B``: ``(B, G, N, N)`` (for figures; builds N × N)."""
@@ -313,10 +335,17 @@ class SelfAttention(_Projections):
     def forward(self, x: torch.Tensor, return_maps: bool = False):
         """Args: x ``(B, C, H, W)``. Returns: ``O (B, C, H, W)``, and with
         ``return_maps=True`` also the attention ``(B, G, N, N)`` (row = query position)."""
+        f, a = self.attend(x, return_maps=True)
+        y = x + self.alpha * f  # (B, C, H, W) eq. (2)
+        return (y, a) if return_maps else y
+
+    def attend(self, x: torch.Tensor, return_maps: bool = False):
+        """The SA module's output before the residual, ``f = fuse(A v)`` ``(B, C, H, W)``,
+        and with ``return_maps`` also ``A (B, G, N, N)``."""
         q, k, v = self.qkv(x)
         a = torch.softmax(self.scale * q @ k.transpose(-1, -2), dim=-1)  # (B, G, N, N) eq. (1)
-        y = self.residual(x, a @ v)  # (B, C, H, W) eq. (2)
-        return (y, a) if return_maps else y
+        f = self.merge(x, a @ v)  # (B, C, H, W)
+        return (f, a) if return_maps else f
 
     def extra_repr(self) -> str:
         return self._extra()
@@ -329,7 +358,8 @@ class SupervisedEmbedding(NamedTuple):
 
     Attributes:
         embeddings: ``(B, D)``.
-        logits: ``(B, num_classes)`` of the deep-supervision head.
+        logits: ``(B, num_classes)`` of the deep-supervision head, or a tuple of such
+            tensors, one per deep-supervision branch (one per attention module).
     """
 
     embeddings: torch.Tensor
@@ -337,7 +367,7 @@ class SupervisedEmbedding(NamedTuple):
 
 
 class DeepSupervisedLoss(nn.Module):
-    """``L = L_metric + λ · CE(logits, labels)`` (eq. 18).
+    """``L_sum = L_F + λ Σ_i CE(logits_i, labels)`` (eq. 18), one term per branch.
 
     Called as ``loss(output, labels)`` where ``output`` is a :class:`SupervisedEmbedding`
     (training with deep supervision) or plain ``(B, D)`` embeddings (then only the metric
@@ -358,8 +388,9 @@ class DeepSupervisedLoss(nn.Module):
 
     def forward(self, output, labels: torch.Tensor) -> torch.Tensor:
         if isinstance(output, SupervisedEmbedding):
-            return (self.metric(output.embeddings, labels)
-                    + self.weight * F.cross_entropy(output.logits, labels))  # eq. (18)
+            branches = output.logits if isinstance(output.logits, (tuple, list)) else (output.logits,)
+            ds = sum(F.cross_entropy(logits, labels) for logits in branches)  # Σ_i L_DS_i
+            return self.metric(output.embeddings, labels) + self.weight * ds  # eq. (18)
         return self.metric(output, labels)
 
     def extra_repr(self) -> str:
@@ -373,8 +404,9 @@ class AttentionEmbedder(nn.Module):
         channels: ``C`` of the input map.
         embedding_dim: ``D``.
         attention: ``"none"`` (baseline), ``"sa"`` (:class:`SelfAttention`) or ``"csalr"``.
-        num_classes: training classes for the deep-supervision head (``Linear(GAP(x ⊙ O))``,
-            section 3.3); None: no deep supervision. Ignored with ``attention="none"``.
+        num_classes: training classes for the deep-supervision head
+            (``Linear(GAP(x ⊙ f))`` with ``f`` the attention module's output before the
+            residual, section 3.3); None: no deep supervision. Ignored with ``attention="none"``.
         **attention_kwargs: ``qk_channels``, ``groups``, ``landmarks``, ``indicator``, …
 
     In training mode with a deep-supervision head, ``forward`` returns a
@@ -405,11 +437,16 @@ class AttentionEmbedder(nn.Module):
     def forward(self, x: torch.Tensor):
         """Args: x ``(B, C, H, W)``. Returns: ``(B, D)`` unit embeddings, or a
         :class:`SupervisedEmbedding` in training mode with deep supervision."""
-        check_feature_map(x, "x", self.channels)
-        y = self.attention(x)  # (B, C, H, W)
+        check_feature_map(x, "x", self.channels, module=self)
+        if self.kind == "none":
+            y, f = x, None
+        else:
+            f = self.attention.attend(x)  # (B, C, H, W), the module's output before the residual
+            y = x + self.attention.alpha * f  # eq. (17) / (2)
         e = F.normalize(self.linear(y.mean(dim=(2, 3))), dim=1)  # (B, D)
         if self.classifier is not None and self.training:
-            logits = self.classifier((x * y).mean(dim=(2, 3)))  # (B, classes), x ⊙ O → GAP
+            # section 3.3: "deep supervision before the residual connection": x ⊙ f → GAP → FC
+            logits = self.classifier((x * f).mean(dim=(2, 3)))  # (B, classes)
             return SupervisedEmbedding(e, logits)
         return e
 

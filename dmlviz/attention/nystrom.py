@@ -23,7 +23,7 @@ columns exactly, (ii) ``A − Â = [[0, 0], [0, S]]`` — the error *is* the Sch
 ``rank A = rank A_mm = m``. ``rank Â ≤ m``, so no choice of landmarks beats the truncated SVD
 (Eckart–Young, :func:`best_rank`, :func:`svd_bound`).
 
-**Attention level** (eqs. 10–16, our reading of the issue's summary). Queries and keys
+**Attention level** (eqs. 10–16). Queries and keys
 ``q, k`` of shape ``(B, N, C)`` are average-pooled over ``M`` disjoint patches into *virtual*
 landmarks ``q̃, k̃`` of shape ``(B, M, C)`` (not rows of any matrix; pooling commutes with the
 1×1 convolutions that make ``q`` and ``k``, so pooling ``q`` equals projecting pooled
@@ -32,22 +32,38 @@ features). Three blocks, each normalised **separately** (``s`` = ``scale``)::
     A_nm = softmax_M(s q k̃ᵀ)    A_mm = softmax_M(s q̃ k̃ᵀ)    A_mn = softmax_N(s q̃ kᵀ)
     W = A_nm A_mm⁻¹   (N×M)      B = A_mn   (M×N)            out = W (B v)           (10–14)
 
-The exact map is ``A = softmax_N(s q kᵀ)`` (:func:`softmax_attention`). The indicator variant
-(eqs. 15–16) adds ``1(same pooling patch)``. **Our reading** (``indicator_at="affinity"``,
-the default): it is added to the *normalised* blocks, ``A_nm + Pᵀ``, ``A_mm + I``,
-``A_mn + P`` with ``P[j, p] = 1`` iff position ``p`` lies in patch ``j``. Then ``A_mm + I``
-is strictly diagonally dominant (row-stochastic with a positive diagonal, plus ``I``), hence
-invertible by Gershgorin, and ``W B`` is the Nyström approximation of ``A + PᵀP`` — the
-attention *plus* a block-diagonal sum over each position's own patch, a different target
-from ``A``. The alternative reading (``indicator_at="logit"``) adds the indicator inside the
-softmaxes; the blocks stay row-stochastic and no invertibility guarantee follows.
+The exact map is ``A = softmax_N(s q kᵀ)`` (:func:`softmax_attention`).
 
-Interpretations (no copy of the paper was at hand; where its text leaves a choice open we
-made the usual one and say so): no temperature in the softmaxes unless ``scale`` is given
-(the paper writes ``softmax(QKᵀ)``); patches are the disjoint cells of an ``mh × mw`` grid
-(sizes differ by at most one position when the map does not divide evenly); ``q`` and ``k``
-have the same ``N`` (self-attention). The per-line equation numbers inside (10)–(14) are not
-claimed; (15)–(16) are the indicator lines.
+**The indicator** (eqs. 15–16): "we transform A_n,m and A_m,m" — only those two blocks get
+``+ 1(·,·)``, added to the normalised softmax (the ``+`` stands outside the fraction), and
+``B = A_mn`` stays as in eq. (13). With ``P[j, p] = 1`` iff position ``p`` lies in patch ``j``
+(``indicator_at="affinity"``, the default)::
+
+    W = (A_nm + Pᵀ)(A_mm + I)⁻¹     B = A_mn                                          (15–16)
+
+"(16) guarantees that A_m,m⁻¹ always exists": ``A_mm`` is row-stochastic with a positive
+diagonal, so ``A_mm + I`` is strictly diagonally dominant (margin ``2 a_ii``) and invertible by
+Gershgorin. Rows of ``W B`` sum to 1 (``(A_mm + I) 1 = 2·1``, ``(A_nm + Pᵀ) 1 = 2·1``), and with
+every position a landmark (``P = I``, ``A_nm = A_mm = A``) ``W = I`` and ``W B = A`` exactly.
+
+Two other readings, kept to *teach* the difference (notebook 01, section 5), never the default:
+
+* ``indicator_at="affinity_b"`` — **not the paper**: ``P`` is also added to ``B`` (``A_mn + P``).
+  Then ``W B`` is the Nyström approximation of ``A + PᵀP`` (the attention plus a block of ones
+  over each position's own patch, entries of size 1 against attention weights of size 1/N):
+  at ``m = n`` it returns ``A + I``, not ``A``. Earlier versions of this module used it.
+* ``indicator_at="logit"`` — the indicator inside the softmaxes of ``A_nm`` and ``A_mm``; the
+  blocks stay row-stochastic and no invertibility guarantee follows.
+
+**CPU solve guard.** On this CPU build (oneMKL), a *batched* ``torch.linalg.solve`` (or
+``lu_factor``) with batch ≥ 2, ``M`` ≳ 150 and more than one thread prints "Parameter 6 was
+incorrect on entry to DLASWP" and hangs. :func:`solve_right` solves such batches one matrix
+at a time; every solve in this package goes through it.
+
+Choices where the text leaves one open: no temperature in the softmaxes unless ``scale`` is
+given (the paper writes ``exp(Qᵢᵀ Kⱼ)``); patches are the disjoint cells of an ``mh × mw`` grid
+(sizes differ by at most one position when the map does not divide evenly; the paper's
+kernel = stride pooling when they divide); ``q`` and ``k`` have the same ``N`` (self-attention).
 """
 
 from __future__ import annotations
@@ -65,7 +81,8 @@ from dmlviz.utils import derive_seed
 INVERSES = ("solve", "pinv", "iterative")
 STRATEGIES = ("random", "even", "kmeans", "kmeans++")
 POOLS = ("avg", "max")
-INDICATOR_AT = ("affinity", "logit")
+INDICATOR_AT = ("affinity", "affinity_b", "logit")
+SOLVE_SPLIT_MIN = 128  # batched CPU solves with M >= this are split (the DLASWP hang, M >= ~150)
 
 
 # ----------------------------------------------------------------------------- checks
@@ -147,6 +164,32 @@ def pinv_iterative(a: torch.Tensor, iterations: int = 6) -> torch.Tensor:
     return z
 
 
+def solve_right(core: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``x @ core⁻¹`` by ``torch.linalg.solve(core, x, left=False)``, safe on this CPU build.
+
+    A batched CPU solve with batch ≥ 2, ``M`` ≳ 150 and more than one thread hangs in oneMKL's
+    DLASWP ("Parameter 6 was incorrect on entry to DLASWP"). For a CPU batch with
+    ``M ≥ SOLVE_SPLIT_MIN`` (128) and more than one thread, the batch is solved one matrix at a
+    time (same result; autograd goes through each solve); everything else is one batched call.
+
+    Args:
+        core: ``(…, M, M)`` invertible matrices.
+        x: ``(…, N, M)`` right-hand sides (batch dimensions broadcast as in torch).
+
+    Returns:
+        ``(…, N, M)``.
+    """
+    batch = torch.broadcast_shapes(core.shape[:-2], x.shape[:-2])
+    n_batch = math.prod(batch)
+    if (core.device.type != "cpu" or n_batch < 2 or core.shape[-1] < SOLVE_SPLIT_MIN
+            or torch.get_num_threads() < 2):
+        return torch.linalg.solve(core, x, left=False)
+    core_b = core.expand(*batch, *core.shape[-2:]).reshape(n_batch, *core.shape[-2:])
+    x_b = x.expand(*batch, *x.shape[-2:]).reshape(n_batch, *x.shape[-2:])
+    out = torch.stack([torch.linalg.solve(c, r, left=False) for c, r in zip(core_b, x_b, strict=True)])
+    return out.reshape(*batch, *out.shape[-2:])
+
+
 def _times_inverse(x: torch.Tensor, core: torch.Tensor, inverse: str, iterations: int,
                    name: str = "A_mm", check: bool = True) -> torch.Tensor:
     """``x @ core⁻¹`` (or the pseudo-inverse): ``(…, N, M) @ (…, M, M)⁻¹``; with ``check`` a
@@ -159,7 +202,7 @@ def _times_inverse(x: torch.Tensor, core: torch.Tensor, inverse: str, iterations
         raise ValueError(f"inverse='solve' needs a square {name}, got shape "
                          f"{tuple(core.shape)} (len(rows) != len(cols)); use inverse='pinv'")
     if not check:
-        return torch.linalg.solve(core, x, left=False)
+        return solve_right(core, x)
     with torch.no_grad():
         s = torch.linalg.svdvals(core).reshape(-1, core.shape[-1])  # (batch, M) descending
         tol = s[:, :1] * core.shape[-1] * torch.finfo(core.dtype).eps  # matrix_rank's tolerance
@@ -173,7 +216,7 @@ def _times_inverse(x: torch.Tensor, core: torch.Tensor, inverse: str, iterations
                          f"working precision (numerical rank {rank}, condition number {cond:.2e}), "
                          "so inverse='solve' cannot invert it. Use inverse='pinv' (Moore–Penrose, "
                          "least squares), other landmarks, or the indicator term (A_mm + I).")
-    return torch.linalg.solve(core, x, left=False)
+    return solve_right(core, x)
 
 
 # ----------------------------------------------------------------------------- matrix level
@@ -473,8 +516,10 @@ class NystromAttention(NamedTuple):
     """What :func:`nystrom_softmax_attention` returns (leading ``(B,)`` when the input had it).
 
     Attributes:
-        w: ``(…, N, M)`` coefficients ``W = A_nm A_mm⁻¹``.
-        b: ``(…, M, N)`` landmark attention ``B = A_mn``.
+        w: ``(…, N, M)`` coefficients ``W = A_nm A_mm⁻¹`` (eq. 14; with the indicator,
+            ``(A_nm + Pᵀ)(A_mm + I)⁻¹``, eqs. 15–16).
+        b: ``(…, M, N)`` landmark attention ``B = A_mn`` (eq. 13; unchanged by the indicator
+            except in the ``"affinity_b"`` reading).
         a_nm: ``(…, N, M)`` block used in ``W`` (indicator included).
         a_mm: ``(…, M, M)`` block inverted in ``W`` (indicator included).
         reconstruction: ``(…, N, N)`` ``W B`` (None unless asked for).
@@ -535,9 +580,10 @@ def nystrom_softmax_attention(
         k_landmarks: ``(M, C)`` / ``(B, M, C)`` landmark keys ``k̃``.
         patch: ``(N,)`` patch id in ``[0, M)`` of each position (−1: none) for the indicator
             when landmarks are given; computed by the pooling otherwise.
-        indicator: add ``1(same pooling patch)`` (eqs. 15–16).
-        indicator_at: ``"affinity"`` (after the softmax: ``A_nm + Pᵀ``, ``A_mm + I``,
-            ``A_mn + P``; our reading) or ``"logit"`` (inside the softmaxes).
+        indicator: add ``1(same pooling patch)`` to ``A_nm`` and ``A_mm`` (eqs. 15–16).
+        indicator_at: ``"affinity"`` (eqs. 15–16 as printed: ``A_nm + Pᵀ``, ``A_mm + I``,
+            ``B = A_mn``), ``"affinity_b"`` (not the paper: also ``B = A_mn + P``; for
+            teaching) or ``"logit"`` (inside the softmaxes of ``A_nm``, ``A_mm``).
         scale: multiplies the logits ``q kᵀ`` (1 as in the paper; ``C**-0.5`` Transformer-style).
         inverse: ``"solve"``, ``"pinv"`` or ``"iterative"`` (see :func:`nystrom`).
         iterations: steps of the iterative pseudo-inverse.
@@ -593,14 +639,16 @@ def nystrom_softmax_attention(
                              f"{tuple(patch.shape)} and max {int(patch.max())}")
         p = patch_indicator(patch, mm, q.dtype)  # (M, N)
         eye = torch.eye(mm, dtype=q.dtype, device=q.device)
-        if indicator_at == "logit":  # eqs. (15)–(16), inside the softmaxes
-            logit_nm, logit_mm, logit_mn = logit_nm + p.T, logit_mm + eye, logit_mn + p
-    a_nm = torch.softmax(logit_nm, dim=-1)  # (…, N, M), normalised over M    eqs. (10)–(14)
-    a_mm = torch.softmax(logit_mm, dim=-1)  # (…, M, M), normalised over M
-    a_mn = torch.softmax(logit_mn, dim=-1)  # (…, M, N), normalised over N
-    if indicator and indicator_at == "affinity":  # eqs. (15)–(16), on the affinities
-        a_nm, a_mm, a_mn = a_nm + p.T, a_mm + eye, a_mn + p
-    w = _times_inverse(a_nm, a_mm, inverse, iterations, check=check)  # W = A_nm A_mm⁻¹, (…, N, M)
+        if indicator_at == "logit":  # a reading of (15)–(16) inside the softmaxes (not the paper's)
+            logit_nm, logit_mm = logit_nm + p.T, logit_mm + eye
+    a_nm = torch.softmax(logit_nm, dim=-1)  # (…, N, M), normalised over M    eq. (11)
+    a_mm = torch.softmax(logit_mm, dim=-1)  # (…, M, M), normalised over M    eq. (12)
+    a_mn = torch.softmax(logit_mn, dim=-1)  # (…, M, N), normalised over N    eq. (13), B
+    if indicator and indicator_at in ("affinity", "affinity_b"):
+        a_nm, a_mm = a_nm + p.T, a_mm + eye  # eqs. (15), (16): A_nm + 1(Q_i, K'_j), A_mm + I
+        if indicator_at == "affinity_b":  # NOT the paper: B = A_mn + P (reconstructs A + PᵀP)
+            a_mn = a_mn + p
+    w = _times_inverse(a_nm, a_mm, inverse, iterations, check=check)  # W = A_nm A_mm⁻¹ eq. (14)
     recon = w @ a_mn if return_reconstruction else None  # (…, N, N)
     return NystromAttention(w, a_mn, a_nm, a_mm, recon, patch)
 
