@@ -436,6 +436,45 @@ class NeighborRefiner(nn.Module):
             return out, torch.stack(maps, dim=1)  # (B, T, H, K)
         return out
 
+    @torch.no_grad()
+    def refine_gallery(self, e0: torch.Tensor, reference: torch.Tensor, indices: torch.Tensor, *,
+                       batch_size: int = 4096, return_all: bool = False) -> torch.Tensor:
+        """Refine many queries against one gallery, block by block (``variant="full"``).
+
+        Each block projects every gallery row to its key and value once, then updates all
+        queries in batches of ``batch_size`` (gathering the projected rows of their
+        neighbours): the formula of :meth:`forward`, with ``O((N + R)·D²)`` multiply work per
+        block instead of ``O(N·K·D²)``.
+
+        Args:
+            e0: ``(N, D)`` initial embeddings (normalised here).
+            reference: ``(R, D)`` the gallery (normalised here).
+            indices: ``(N, K)`` each query's neighbour rows in ``reference``.
+            batch_size: queries updated at once.
+            return_all: return every step ``(N, T+1, D)`` instead of ``e^T (N, D)``.
+
+        Returns:
+            Unit embeddings on the device and dtype of ``e0``.
+        """
+        if self.variant != "full":
+            raise ValueError(f"refine_gallery needs variant='full', got {self.variant!r} "
+                             "(the other variants attend to the query alone: call the refiner)")
+        _check_indexed(e0, reference, indices, self.dim)
+        batch_size = check_int(batch_size, "batch_size", 1)
+        e, reference = F.normalize(e0, dim=-1), F.normalize(reference, dim=-1)
+        steps = [e] if return_all else []
+        for block in self.blocks:
+            keys, values = block.project_context(reference)  # (R, D) each row once per block
+            new = torch.empty_like(e)
+            for start in range(0, len(e), batch_size):
+                b = slice(start, start + batch_size)
+                update, _ = block.attend(e[b], keys[indices[b]], values[indices[b]])  # eq. (2)
+                new[b] = F.normalize(e[b] + update, dim=-1)  # eq. (3)
+            e = new
+            if return_all:
+                steps.append(e)
+        return torch.stack(steps, dim=1) if return_all else e  # (N, T+1, D) | (N, D)
+
     def extra_repr(self) -> str:
         return f"variant={self.variant!r}"
 
@@ -604,23 +643,13 @@ def refine_embeddings(refiner: nn.Module | str, embeddings: torch.Tensor, k: int
             model = model.to(dtype)
     _, idx = knn(queries, None if reference is None else gallery, k=k, exclude_self=True,
                  chunk_size=chunk_size)  # (N, K)
-    batches = [slice(s, s + batch_size) for s in range(0, len(queries), batch_size)]
     if model is not None and model.variant == "full":
-        e = queries
-        steps = [e.float().cpu()] if return_all else []
-        for block in model.blocks:
-            keys, values = block.project_context(gallery)  # (R, D) each row once per block
-            new = torch.empty_like(e)
-            for b in batches:
-                update, _ = block.attend(e[b], keys[idx[b]], values[idx[b]])  # eq. (2)
-                new[b] = F.normalize(e[b] + update, dim=-1)  # eq. (3)
-            e = new
-            if return_all:
-                steps.append(e.float().cpu())
-        result = torch.stack(steps, dim=1) if return_all else e.float().cpu()
+        refined = model.refine_gallery(queries, gallery, idx, batch_size=batch_size,
+                                       return_all=return_all)  # K/V once per gallery row
+        result = refined.float().cpu()
     else:
         out = []
-        for b in batches:
+        for b in (slice(s, s + batch_size) for s in range(0, len(queries), batch_size)):
             context = None if (model is not None and model.variant == "ca_only") else gallery[idx[b]]
             refined = (parameter_free(refiner, queries[b], context) if model is None
                        else model(queries[b], context, return_all=return_all))
