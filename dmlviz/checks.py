@@ -3,6 +3,8 @@ what was given and what is allowed (instead of a broadcast error deep inside tor
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -30,14 +32,17 @@ def check_embeddings(
     *,
     name: str = "embeddings",
     labels_name: str = "labels",
+    finite: bool = True,
 ) -> None:
     """Validate an embedding matrix and (optionally) its labels; raise a clear ValueError.
 
     Args:
-        embeddings: ``(N, D)`` floating-point tensor, N ≥ 1, D ≥ 1.
+        embeddings: ``(N, D)`` floating-point tensor, N ≥ 1, D ≥ 1, every value finite
+            (a NaN row would otherwise rank first in ``topk`` and be everyone's neighbour).
         labels: ``(N,)`` integer tensor (not bool), or None to check embeddings only.
         name: what to call ``embeddings`` in the error message.
         labels_name: what to call ``labels`` in the error message.
+        finite: refuse NaN / ±inf values (see :func:`check_finite`).
 
     Raises:
         ValueError: naming the argument, what was given and what is allowed.
@@ -52,6 +57,8 @@ def check_embeddings(
     if embeddings.shape[0] < 1 or embeddings.shape[1] < 1:
         raise ValueError(f"{name} must have at least one row and one column, "
                          f"got shape {tuple(embeddings.shape)}")
+    if finite:
+        check_finite(embeddings, name)
     if labels is None:
         return
     if not isinstance(labels, torch.Tensor):
@@ -62,6 +69,26 @@ def check_embeddings(
         raise ValueError(f"{name} and {labels_name} must have the same length: "
                          f"{name} has shape {tuple(embeddings.shape)}, "
                          f"{labels_name} has shape {tuple(labels.shape)}")
+
+
+def nonfinite_rows(x: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` bool: the rows (first-axis entries) of ``x`` holding a NaN or ±inf."""
+    if not x.is_floating_point() and not x.is_complex():
+        return torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    bad = ~torch.isfinite(x)
+    return bad.reshape(len(x), -1).any(dim=1) if x.ndim > 1 else bad
+
+
+def check_finite(x: torch.Tensor, name: str, what: str = "row") -> None:
+    """Raise ``ValueError`` naming ``name`` and how many rows (first-axis entries: samples,
+    embeddings, feature maps) hold a NaN or ±inf; one full scan of ``x``."""
+    if x.numel() == 0 or not x.is_floating_point() or bool(torch.isfinite(x).all()):
+        return
+    bad = nonfinite_rows(x)
+    count, first = int(bad.sum()), int(torch.nonzero(bad)[0])
+    raise ValueError(f"{name} has {count} non-finite {what}(s) (NaN or ±inf) out of {len(x)}, "
+                     f"the first at index {first}; only finite values are allowed (drop or "
+                     f"fix those {what}s first)")
 
 
 def as_tensor(x, name: str) -> torch.Tensor:
@@ -75,8 +102,11 @@ def as_tensor(x, name: str) -> torch.Tensor:
 
 
 def check_int(value, name: str, low: int, high: int | None = None) -> int:
+    """``value`` as an int in ``[low, high]``; ``ValueError`` naming ``name`` otherwise
+    (floats such as 2.5 or 2.0, bools and strings are refused)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
+        raise ValueError(f"{name} must be an integer, got {value!r}"
+                         f"{' (a float)' if isinstance(value, float) else ''}")
     value = int(value)
     if value < low or (high is not None and value > high):
         allowed = f"[{low}, {high}]" if high is not None else f">= {low}"
@@ -84,13 +114,37 @@ def check_int(value, name: str, low: int, high: int | None = None) -> int:
     return value
 
 
-def check_feature_map(x, name: str, channels: int | None = None) -> None:
+def check_feature_map(x, name: str, channels: int | None = None, module=None) -> None:
     """Raise ``ValueError`` naming ``name`` unless ``x`` is a float tensor ``(B, C, H, W)``
-    (with ``C = channels`` when given, the channels a module was built for)."""
+    with B, C, H, W ≥ 1 and finite values (with ``C = channels`` when given, the channels a
+    module was built for; and, when ``module`` is given, the dtype and device of its
+    weights, e.g. no float16 input to a float32 module)."""
     if not torch.is_tensor(x) or x.ndim != 4 or not x.is_floating_point():
         got = (f"{type(x).__name__} {tuple(x.shape)} {x.dtype}" if torch.is_tensor(x)
                else type(x).__name__)
         raise ValueError(f"{name} must be a float feature map (B, C, H, W), got {got}")
+    if min(x.shape) < 1:
+        raise ValueError(f"{name} must have B, C, H, W >= 1 (a non-empty batch of non-empty "
+                         f"maps), got shape {tuple(x.shape)}")
     if channels is not None and x.shape[1] != channels:
         raise ValueError(f"{name} must have C = {channels} channels (what the module was built "
                          f"for), got shape {tuple(x.shape)}")
+    if module is not None:
+        weight = next((p for p in module.parameters() if p.is_floating_point()), None)
+        if weight is not None and weight.dtype != x.dtype:
+            raise ValueError(f"{name} has dtype {x.dtype} but the module's weights are "
+                             f"{weight.dtype}; pass {name}.to({weight.dtype}) (or convert the "
+                             f"module with .to({x.dtype}))")
+        if weight is not None and weight.device != x.device:
+            raise ValueError(f"{name} is on {x.device} but the module's weights are on "
+                             f"{weight.device}; move one of them with .to(device)")
+    check_finite(x, name, "feature map")
+
+
+def check_positive_number(value, name: str) -> float:
+    """``value`` as a float if it is a finite number > 0 (not a bool); ``ValueError`` naming
+    ``name`` otherwise (NaN and inf are refused)."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))
+            or not math.isfinite(value) or value <= 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dmlviz.checks import check_labels
+from dmlviz.checks import check_finite, check_int, check_labels, nonfinite_rows
 from dmlviz.utils import derive_seed
 
 # ----------------------------------------------------------------------------------------
@@ -189,14 +189,10 @@ def make_shapes(
         ``LabelledImages`` with images ``(N, 3, S, S)``, labels ``(N,)`` (class-major order),
         masks ``(N, S, S)`` and class names such as ``"red striped star"``.
     """
-    if not 2 <= num_classes <= MAX_SHAPE_CLASSES:
-        raise ValueError(f"num_classes must be in 2..{MAX_SHAPE_CLASSES}, got {num_classes}")
-    if per_class < 1:
-        raise ValueError(f"per_class must be at least 1, got {per_class}")
-    if size < 16:
-        raise ValueError(f"size must be at least 16 pixels, got {size}")
-    if distractors < 0:
-        raise ValueError(f"distractors must be non-negative, got {distractors}")
+    num_classes = check_int(num_classes, "num_classes", 2, MAX_SHAPE_CLASSES)
+    per_class = check_int(per_class, "per_class", 1)
+    size = check_int(size, "size (pixels)", 16)
+    distractors = check_int(distractors, "distractors", 0)
 
     rng = np.random.default_rng(seed)
     classes = shape_classes()[:num_classes]
@@ -343,8 +339,7 @@ class ImageFolder:
         N·3·S² floats: CUB-200 at 64 px is about 0.6 GB)."""
         from PIL import Image
 
-        if size < 8:
-            raise ValueError(f"size must be at least 8 pixels, got {size}")
+        size = check_int(size, "size (pixels)", 8)
         arrays = []
         for path, _ in self.samples:
             with Image.open(path) as img:
@@ -354,32 +349,67 @@ class ImageFolder:
 
 
 def load_embeddings(
-    path: str | os.PathLike, embeddings_key: str = "embeddings", labels_key: str = "labels"
+    path: str | os.PathLike, embeddings_key: str = "embeddings", labels_key: str = "labels",
+    *, drop_nonfinite: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A user's precomputed embeddings and labels from an ``.npz`` file.
+
+    Only numeric arrays are read (never pickled Python objects): a file that is not an
+    ``.npz`` archive, or one holding an object array, is refused with a message saying how
+    to write a plain one.
 
     Args:
         path: an ``.npz`` written e.g. by ``np.savez(path, embeddings=E, labels=y)``.
         embeddings_key: name of the ``(N, D)`` float array.
         labels_key: name of the ``(N,)`` integer array.
+        drop_nonfinite: rows of the embeddings holding a NaN or ±inf are refused with a
+            ``ValueError`` that counts them (default); with True they are dropped (with
+            their labels) and a warning says how many.
 
     Returns:
         ``embeddings (N, D)`` float32 and ``labels (N,)`` int64 tensors.
+
+    Raises:
+        FileNotFoundError: no file at ``path`` (the message names the absolute path tried).
+        ValueError: not an ``.npz`` archive, missing keys, object arrays, wrong shapes or
+            dtypes, mismatched lengths, non-finite rows (unless dropped), no row left.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"embeddings file {str(path)!r} does not exist")
+        raise FileNotFoundError(f"embeddings file {str(path.absolute())!r} does not exist"
+                                + ("" if path.is_absolute() else
+                                   f" (the relative path {str(path)!r} was resolved against "
+                                   f"the working directory {os.getcwd()!r})"))
+    how = ("write one with np.savez(path, embeddings=E.astype(np.float32), "
+           "labels=y.astype(np.int64))")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic not in (b"PK\x03\x04", b"PK\x05\x06"):  # an .npz is a zip of .npy files
+        kind = "a single .npy array" if magic == b"\x93NUM" else "not a zip archive"
+        raise ValueError(f"{str(path)!r} is not a readable .npz archive ({kind}; first bytes "
+                         f"{magic!r}); {how}")
     try:
         archive = np.load(path, allow_pickle=False)
     except Exception as err:
-        raise ValueError(f"{str(path)!r} is not a readable .npz file ({err})") from err
+        raise ValueError(f"{str(path)!r} is not a readable .npz archive "
+                         f"({type(err).__name__}); {how}") from err
     with archive:
         missing = [k for k in (embeddings_key, labels_key) if k not in archive.files]
         if missing:
             raise ValueError(f"{str(path)!r} lacks array(s) {missing}; it holds {archive.files}. "
                              "Pass embeddings_key=/labels_key= to name yours.")
-        embeddings = np.asarray(archive[embeddings_key])
-        labels = np.asarray(archive[labels_key])
+        arrays = {}
+        for key in (embeddings_key, labels_key):
+            try:
+                arrays[key] = np.asarray(archive[key])
+            except ValueError as err:  # object arrays need pickle, which is never used here
+                raise ValueError(f"{key!r} in {str(path)!r} is an object array (pickled Python "
+                                 f"objects), which dmlviz does not load; save numeric arrays: "
+                                 f"{how}") from err
+            except Exception as err:  # a damaged member of the zip
+                raise ValueError(f"{key!r} in {str(path)!r} is unreadable "
+                                 f"({type(err).__name__}: {err}); {how}") from err
+    embeddings, labels = arrays[embeddings_key], arrays[labels_key]
     if embeddings.ndim != 2 or not np.issubdtype(embeddings.dtype, np.floating):
         raise ValueError(f"{embeddings_key!r} must be a 2-D float array (N, D), got shape "
                          f"{embeddings.shape} of {embeddings.dtype}")
@@ -389,7 +419,22 @@ def load_embeddings(
     if len(labels) != len(embeddings):
         raise ValueError(f"{embeddings_key!r} has {len(embeddings)} rows but {labels_key!r} has "
                          f"{len(labels)} entries; they must match")
-    return torch.from_numpy(embeddings.astype(np.float32)), torch.from_numpy(labels.astype(np.int64))
+    if embeddings.shape[0] < 1 or embeddings.shape[1] < 1:
+        raise ValueError(f"{embeddings_key!r} in {str(path)!r} is empty, shape {embeddings.shape}")
+    embeddings = torch.from_numpy(embeddings.astype(np.float32))  # float64 overflow → inf, caught
+    labels = torch.from_numpy(labels.astype(np.int64))
+    bad = nonfinite_rows(embeddings)
+    if bool(bad.any()):
+        if not drop_nonfinite:
+            check_finite(embeddings, f"{embeddings_key!r} in {str(path)!r}")
+        n_bad = int(bad.sum())
+        if n_bad == len(bad):
+            raise ValueError(f"every row of {embeddings_key!r} in {str(path)!r} is non-finite "
+                             "(NaN or ±inf); nothing is left to load")
+        warnings.warn(f"load_embeddings dropped {n_bad} of {len(bad)} rows of {embeddings_key!r} "
+                      f"holding NaN or ±inf (drop_nonfinite=True)", stacklevel=2)
+        embeddings, labels = embeddings[~bad], labels[~bad]
+    return embeddings, labels
 
 
 # ----------------------------------------------------------------------------------------
@@ -439,10 +484,13 @@ class PKSampler:
     def __init__(self, labels, p: int, k: int, seed: int = 0, batches_per_epoch: int | None = None):
         self.labels = check_labels(labels, "labels")
         self.classes = torch.unique(self.labels)
-        if not 1 <= p <= len(self.classes):
+        if isinstance(p, (int, np.integer)) and not isinstance(p, bool) \
+                and not 1 <= p <= len(self.classes):
             raise ValueError(f"p must be in 1..{len(self.classes)} (the number of classes), got {p}")
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
+        p = check_int(p, "p", 1, len(self.classes))
+        k = check_int(k, "k", 1)
+        if batches_per_epoch is not None:
+            batches_per_epoch = check_int(batches_per_epoch, "batches_per_epoch", 1)
         self.p, self.k, self.seed, self.epoch = p, k, seed, 0
         self.by_class = [torch.nonzero(self.labels == c).flatten() for c in self.classes]
         self.batches_per_epoch = batches_per_epoch or max(len(self.labels) // (p * k), 1)

@@ -44,6 +44,11 @@ S_ik = x̂_i·x̂_k, P_i = {k ≠ i : y_k = y_i}, N_i = {k : y_k ≠ y_i}.
 
   The paper trains the proxies with a learning rate of 1e-2 against 1e-4 for the network;
   :func:`parameter_groups` builds those optimiser groups.
+
+Bad input is refused with a ``ValueError``: embeddings with NaN or ±inf rows (the message
+counts them), and for the multi-similarity and triplet losses a batch of a single class
+(no negative pair, so the value would say nothing). Proxy-anchor accepts one class: its
+negatives are the other classes' proxies.
 """
 
 from __future__ import annotations
@@ -84,9 +89,18 @@ def _log1p_sum_exp(x: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tenso
     return torch.logsumexp(torch.cat([x, zeros], dim=dim), dim=dim)  # the "1 +" is e^0
 
 
-def _prepare(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    check_embeddings(embeddings, labels)
-    return labels.to(device=embeddings.device, dtype=torch.long)  # one_hot needs int64
+def _prepare(embeddings: torch.Tensor, labels: torch.Tensor,
+             pairwise: str | None = None) -> torch.Tensor:
+    """Checked int64 labels on the embeddings' device. ``pairwise`` (the loss's name):
+    refuse a batch of a single class, which has no negative pair (the loss would return a
+    number that says nothing about the metric)."""
+    check_embeddings(embeddings, labels)  # shapes, dtypes, finite values
+    labels = labels.to(device=embeddings.device, dtype=torch.long)  # one_hot needs int64
+    if pairwise is not None and bool((labels == labels[0]).all()):
+        raise ValueError(f"labels: the batch holds a single class ({int(labels[0])}) in "
+                         f"{len(labels)} samples, so {pairwise} has no negative pair; use "
+                         "batches of at least 2 classes (PKSampler p >= 2)")
+    return labels
 
 
 class MultiSimilarityLoss(nn.Module):
@@ -108,8 +122,9 @@ class MultiSimilarityLoss(nn.Module):
         self.base = _check_number(base, "base")
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Args: embeddings ``(B, D)`` float; labels ``(B,)`` int. Returns: scalar loss."""
-        labels = _prepare(embeddings, labels)
+        """Args: embeddings ``(B, D)`` float; labels ``(B,)`` int, at least 2 classes.
+        Returns: scalar loss."""
+        labels = _prepare(embeddings, labels, "MultiSimilarityLoss")
         x = F.normalize(embeddings, dim=1)  # (B, D)
         sim = x @ x.T  # (B, B) S_ik
         same = labels[:, None] == labels[None, :]  # (B, B)
@@ -199,8 +214,9 @@ class TripletLoss(nn.Module):
         self.mining = mining
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Args: embeddings ``(B, D)`` float; labels ``(B,)`` int. Returns: scalar loss."""
-        labels = _prepare(embeddings, labels)
+        """Args: embeddings ``(B, D)`` float; labels ``(B,)`` int, at least 2 classes.
+        Returns: scalar loss."""
+        labels = _prepare(embeddings, labels, "TripletLoss")
         x = F.normalize(embeddings, dim=1)  # (B, D)
         dist = torch.cdist(x, x)  # (B, B) d(a, k), as PML's LpDistance
         same = labels[:, None] == labels[None, :]  # (B, B)

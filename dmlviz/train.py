@@ -10,11 +10,20 @@ of tensors indexed together (e.g. a local and a global feature map), passed to t
 
 Finished runs are cached on disk (``dmlviz.cache``) under a key made of the initial weights
 of model and loss, the training data and every hyper-parameter, so re-running a notebook
-cell returns the trained model at once; a corrupt checkpoint is retrained.
+cell returns the trained model at once; a corrupt checkpoint — unreadable, or readable but of
+the wrong structure (other keys, other shapes, a malformed history) — is retrained with a
+warning, and a cache that cannot be written only warns: the trained model is returned.
+
+Bad input stops ``fit`` before training: NaN or ±inf in the inputs (counted per sample),
+counts that are not integers (``epochs=1.5``). During training, ``fit`` stops at the first
+batch whose embeddings or loss are not finite with :class:`NonFiniteLossError`, which carries
+the :class:`History` of the epochs completed so far (``err.history``).
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -22,7 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dmlviz.cache import cache_dir, digest, load_entry, save_entry
-from dmlviz.checks import check_labels
+from dmlviz.checks import check_finite, check_int, check_labels
 from dmlviz.data import PKSampler
 from dmlviz.losses import parameter_groups
 from dmlviz.utils import get_device, seed_everything
@@ -56,6 +65,20 @@ class History:
 Inputs = torch.Tensor | tuple[torch.Tensor, ...]
 
 
+class NonFiniteLossError(FloatingPointError, ValueError):
+    """:func:`fit` met a NaN or ±inf loss (or embeddings) and stopped training.
+
+    Attributes:
+        history: the :class:`History` up to the last completed epoch (its losses and
+            metrics), so a diverged run still shows how it got there.
+        epoch, batch: where it stopped (1-based epoch, 0-based batch within it).
+    """
+
+    def __init__(self, message: str, history: History, epoch: int, batch: int) -> None:
+        super().__init__(message)
+        self.history, self.epoch, self.batch = history, epoch, batch
+
+
 def _check_inputs(inputs, name: str = "inputs") -> Inputs:
     """``inputs`` as one tensor or a tuple of tensors of equal length (N, ...)."""
     if torch.is_tensor(inputs):
@@ -68,6 +91,12 @@ def _check_inputs(inputs, name: str = "inputs") -> Inputs:
     if len(set(lengths)) != 1:
         raise ValueError(f"the tensors of {name} must have the same length N, got {lengths}")
     return tuple(inputs)
+
+
+def _check_finite_inputs(inputs: Inputs, name: str) -> None:
+    """NaN or ±inf anywhere in the inputs: refused, counting the samples that hold one."""
+    for i, t in enumerate(inputs if isinstance(inputs, tuple) else (inputs,)):
+        check_finite(t, name if torch.is_tensor(inputs) else f"{name}[{i}]", "sample")
 
 
 def _take(inputs: Inputs, index, device) -> Inputs:
@@ -87,10 +116,13 @@ def embed(model: nn.Module, inputs: Inputs, batch_size: int = 256,
     """Embeddings ``(N, D)`` of ``inputs`` in eval mode, batched, returned on the CPU.
 
     ``inputs`` is one tensor ``(N, ...)`` or a tuple of tensors indexed together and passed
-    as ``model(*batch)``.
+    as ``model(*batch)``; ``batch_size`` is an integer ≥ 1. Inputs with NaN or ±inf are
+    refused (``ValueError`` counting the samples).
     """
+    batch_size = check_int(batch_size, "batch_size", 1)
     device = get_device(device)
     inputs = _check_inputs(inputs)
+    _check_finite_inputs(inputs, "inputs")
     n = len(inputs[0]) if isinstance(inputs, tuple) else len(inputs)
     was_training = model.training
     model.eval()
@@ -151,6 +183,12 @@ def fit(
 
     Returns:
         The training history; ``model`` (and ``loss``) hold the trained weights, in eval mode.
+
+    Raises:
+        ValueError: bad arguments (non-integer counts, NaN or ±inf inputs, mismatched
+            lengths, ...), before any training.
+        NonFiniteLossError: a batch gave non-finite embeddings or loss; training stopped
+            there and ``err.history`` holds the completed epochs (nothing is cached).
     """
     labels = check_labels(labels, "labels")
     inputs = _check_inputs(inputs, "inputs")
@@ -161,10 +199,15 @@ def fit(
         raise ValueError("pass both test_inputs and test_labels, or neither")
     if test_inputs is not None:
         test_inputs = _check_inputs(test_inputs, "test_inputs")
-    if epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {epochs}")
-    if eval_every < 1:
-        raise ValueError(f"eval_every must be at least 1, got {eval_every}")
+        test_labels = check_labels(test_labels, "test_labels")
+    epochs = check_int(epochs, "epochs", 1)
+    eval_every = check_int(eval_every, "eval_every", 1)
+    if (isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float))
+            or not math.isfinite(weight_decay) or weight_decay < 0):
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    _check_finite_inputs(inputs, "inputs")
+    if test_inputs is not None:
+        _check_finite_inputs(test_inputs, "test_inputs")
     device = get_device(device)
     sampler = PKSampler(labels, p=p, k=k, seed=seed)  # validates p and k
 
@@ -174,15 +217,19 @@ def fit(
                   seed=seed, test=test_labels is not None, version=1)
     key = digest(config, model.state_dict(), loss.state_dict(), inputs, labels,
                  test_inputs if test_inputs is not None else [])
-    path = cache_dir() / "checkpoints" / f"{key}.pt"
+    path = None
+    if cache:
+        try:
+            path = cache_dir() / "checkpoints" / f"{key}.pt"
+        except OSError as err:
+            warnings.warn(f"fit: the checkpoint cache is unusable ({type(err).__name__}: {err}); "
+                          "training without it", stacklevel=2)
     model.to(device)
     loss.to(device)
-    if cache and (entry := load_entry(path)) is not None:
-        model.load_state_dict(entry["model"])
-        loss.load_state_dict(entry["loss"])
-        model.eval()
-        history = History(**entry["history"], from_cache=True)
-        return history
+    if path is not None and (entry := load_entry(path)) is not None:
+        history = _restore(entry, model, loss, path)
+        if history is not None:
+            return history
 
     seed_everything(seed)
     groups = parameter_groups(model, loss, lr=lr, proxy_lr=loss_lr or lr)
@@ -197,12 +244,27 @@ def fit(
     for epoch in bar:
         model.train()
         total = 0.0
-        for batch in sampler:
-            value = loss(_forward(model, _take(inputs, batch, device)), labels[batch].to(device))
+        for i, batch in enumerate(sampler):
+            emb = _forward(model, _take(inputs, batch, device))
+            where = f"at epoch {epoch}, batch {i}"
+            if torch.is_tensor(emb) and emb.is_floating_point() and not bool(emb.isfinite().all()):
+                rows = int((~emb.isfinite()).reshape(len(emb), -1).any(dim=1).sum())
+                raise NonFiniteLossError(
+                    f"fit stopped {where}: the model's embeddings hold {rows} non-finite "
+                    f"row(s) of {len(emb)} (the weights diverged, or the learning rate "
+                    f"lr={lr} is too high); the history of the {len(history.loss)} completed "
+                    "epoch(s) is in err.history", history, epoch, i)
+            value = loss(emb, labels[batch].to(device))
+            if not math.isfinite(current := value.item()):
+                raise NonFiniteLossError(
+                    f"fit stopped {where}: the loss is {current} (not finite; is the "
+                    f"learning rate lr={lr} too high?); the history of the "
+                    f"{len(history.loss)} completed epoch(s) is in err.history",
+                    history, epoch, i)
             optimiser.zero_grad(set_to_none=True)
             value.backward()
             optimiser.step()
-            total += value.item()
+            total += current
         history.loss.append(total / len(sampler))
         shown = {"loss": f"{history.loss[-1]:.3f}"}
         if test_inputs is not None and (epoch % eval_every == 0 or epoch == epochs):
@@ -210,8 +272,66 @@ def fit(
             shown["R@1"] = f"{history.metrics['recall@1'][-1]:.3f}"
         bar.set_postfix(shown)
     model.eval()
-    if cache:
-        save_entry(path, {"model": {n: t.cpu() for n, t in model.state_dict().items()},
-                          "loss": {n: t.cpu() for n, t in loss.state_dict().items()},
-                          "history": history.to_dict()})
+    if path is not None:
+        try:
+            save_entry(path, {"model": {n: t.cpu() for n, t in model.state_dict().items()},
+                              "loss": {n: t.cpu() for n, t in loss.state_dict().items()},
+                              "history": history.to_dict()})
+        except OSError as err:  # unwritable cache: keep the trained model, say so
+            warnings.warn(f"fit: could not write the checkpoint {str(path)!r} "
+                          f"({type(err).__name__}: {err}); the trained model is returned but "
+                          "not cached", stacklevel=2)
+    return history
+
+
+def _state_mismatch(saved, module: nn.Module) -> str | None:
+    """Why the state dict ``saved`` does not fit ``module`` (keys, shapes, dtypes), or None."""
+    if not isinstance(saved, dict):
+        return f"a {type(saved).__name__} instead of a state dict"
+    own = module.state_dict()
+    if set(saved) != set(own):
+        extra, missing = sorted(set(saved) - set(own)), sorted(set(own) - set(saved))
+        return f"other keys (unexpected {extra[:3]}, missing {missing[:3]})"
+    for name, t in own.items():
+        if not torch.is_tensor(saved[name]) or saved[name].shape != t.shape \
+                or saved[name].dtype != t.dtype:
+            got = (f"{tuple(saved[name].shape)} {saved[name].dtype}" if torch.is_tensor(saved[name])
+                   else type(saved[name]).__name__)
+            return f"{name!r} is {got}, the module has {tuple(t.shape)} {t.dtype}"
+    return None
+
+
+def _history_from(saved) -> History | None:
+    """The cached history as a :class:`History`, or None when it is malformed."""
+    if not isinstance(saved, dict) or set(saved) != {"loss", "eval_epochs", "metrics"}:
+        return None
+    loss, epochs, metrics = saved["loss"], saved["eval_epochs"], saved["metrics"]
+    if (not isinstance(loss, list) or not isinstance(epochs, list)
+            or not isinstance(metrics, dict)
+            or not all(isinstance(v, list) for v in metrics.values())):
+        return None
+    return History(loss=loss, eval_epochs=epochs, metrics=metrics, from_cache=True)
+
+
+def _restore(entry, model: nn.Module, loss: nn.Module, path) -> History | None:
+    """Load a checkpoint into ``model`` and ``loss`` and return its history; None (with a
+    warning, nothing loaded) when the entry has the wrong structure, so ``fit`` retrains."""
+    why = None
+    if not isinstance(entry, dict) or not {"model", "loss", "history"} <= set(entry):
+        why = "it lacks the keys 'model', 'loss' and 'history'"
+    else:
+        why = (_state_mismatch(entry["model"], model) and
+               f"model weights: {_state_mismatch(entry['model'], model)}") or \
+              (_state_mismatch(entry["loss"], loss) and
+               f"loss weights: {_state_mismatch(entry['loss'], loss)}")
+        history = _history_from(entry["history"]) if why is None else None
+        if why is None and history is None:
+            why = "its history is malformed"
+    if why is not None:
+        warnings.warn(f"cache entry {str(path)!r} has the wrong structure ({why}); rebuilding it",
+                      stacklevel=3)
+        return None
+    model.load_state_dict(entry["model"])
+    loss.load_state_dict(entry["loss"])
+    model.eval()
     return history

@@ -70,9 +70,11 @@ def test_multi_similarity_equals_pml(seed, params):
 def test_multi_similarity_edge_batches_equal_pml():
     ours, theirs = MultiSimilarityLoss(), pml_losses.MultiSimilarityLoss()
     x = torch.randn(6, 5, dtype=torch.float64)
-    for y in (torch.zeros(6, dtype=torch.long), torch.arange(6),  # no negatives / positives
+    for y in (torch.arange(6),  # no positives
               torch.tensor([0, 0, 1, 2, 3, 4])):  # most anchors without a positive
         compare("multi_similarity", lambda e, y=y: ours(e, y), lambda e, y=y: theirs(e, y), x)
+    with pytest.raises(ValueError, match="single class"):  # no negatives: refused (issue 20)
+        ours(x, torch.zeros(6, dtype=torch.long))
 
 
 def test_multi_similarity_hand_value():
@@ -299,8 +301,12 @@ def test_small_integer_labels_and_tiny_batches(make):
     x, y = torch.randn(32, 16, dtype=torch.float64), torch.randint(0, 8, (32,))
     assert torch.equal(loss_fn(x, y.int()), loss_fn(x, y))
     assert torch.equal(loss_fn(x, y.to(torch.uint8)), loss_fn(x, y))
-    one = loss_fn(x[:1], y[:1])  # one sample: no pairs or triplets, but a finite scalar
-    assert one.ndim == 0 and torch.isfinite(one)
+    if isinstance(loss_fn, ProxyAnchorLoss):
+        one = loss_fn(x[:1], y[:1])  # one sample: the other proxies are its negatives
+        assert one.ndim == 0 and torch.isfinite(one)
+    else:  # one sample is one class: no negative pair, refused (issue 20)
+        with pytest.raises(ValueError, match="single class"):
+            loss_fn(x[:1], y[:1])
 
 
 def test_constructor_validation():
