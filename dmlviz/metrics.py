@@ -85,8 +85,8 @@ def knn(
         broken by ``torch.topk`` (unspecified order).
 
     Raises:
-        ValueError: wrong rank/dtype, dimension or device mismatch, k out of range,
-            chunk_size < 1.
+        ValueError: wrong rank/dtype, NaN or ±inf values (counted by row), dimension, dtype
+            or device mismatch, k out of range, chunk_size < 1.
     """
     check_embeddings(queries, name="queries")
     self_search = reference is None or reference is queries
@@ -98,6 +98,10 @@ def knn(
         if reference.device != queries.device:
             raise ValueError(f"queries and reference must be on the same device: "
                              f"queries on {queries.device}, reference on {reference.device}")
+        if reference.dtype != queries.dtype:
+            raise ValueError(f"queries and reference must have the same dtype: queries "
+                             f"{queries.dtype}, reference {reference.dtype}; convert one, e.g. "
+                             f"reference.to(queries.dtype)")
     drop_self = self_search and bool(exclude_self)
     n_ref = queries.shape[0] if self_search else reference.shape[0]
     available = n_ref - 1 if drop_self else n_ref
@@ -163,8 +167,9 @@ def retrieval_metrics(
         every sample.
 
     Raises:
-        ValueError: wrong ranks/dtypes, mismatched lengths, fewer than two classes, no
-            class with two samples, or a K outside [1, N − 1].
+        ValueError: wrong ranks/dtypes, NaN or ±inf embeddings (counted by row; one NaN row
+            would be every query's nearest neighbour), mismatched lengths, fewer than two
+            classes, no class with two samples, or a K outside [1, N − 1].
     """
     embeddings = as_tensor(embeddings, "embeddings")
     labels = as_tensor(labels, "labels")
@@ -339,6 +344,9 @@ def recall_hits(embeddings: torch.Tensor, labels: torch.Tensor, k: int = 1, *,
     Returns:
         ``(Q,)`` float64 tensor of 0/1 on CPU, one per query whose class has another sample
         (the queries :func:`retrieval_metrics` averages over), in sample order.
+
+    Raises:
+        ValueError: as :func:`retrieval_metrics` (NaN or ±inf rows are refused).
     """
     embeddings = as_tensor(embeddings, "embeddings")
     labels = as_tensor(labels, "labels")

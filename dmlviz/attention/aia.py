@@ -308,7 +308,7 @@ class KernelAttention(nn.Module):
         Returns:
             ``x^z = z ⊗ x``, ``(B, C, H, W)``; and the maps if asked.
         """
-        check_feature_map(x, "x", self.channels)
+        check_feature_map(x, "x", self.channels, module=self)
         k = self.features(self.reduce(x))  # (B, c', H, W) ϕ(φ(x)), eq. (1)
         outer = self.outer(k)  # (B, C, H, W) ψ(ϕ(x̃))
         w = None
@@ -351,7 +351,7 @@ class SEBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, return_maps: bool = False):
         """Args: x ``(B, C, H, W)``. Returns: ``z ⊗ x`` and, if asked, ``{"z": (B, C)}``."""
-        check_feature_map(x, "x", self.channels)
+        check_feature_map(x, "x", self.channels, module=self)
         z = torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean(dim=(2, 3))))))  # (B, C) eq. (5)
         y = z[:, :, None, None] * x
         return (y, {"z": z}) if return_maps else y
@@ -503,7 +503,7 @@ class AttentionEmbedder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args: x ``(B, C, H, W)``. Returns: ``(B, D)`` unit-norm embeddings."""
-        check_feature_map(x, "x", self.channels)
+        check_feature_map(x, "x", self.channels, module=self)
         if self.attention is not None:
             x = self.attention(x)  # (B, C, H, W)
         return F.normalize(self.linear(x.mean(dim=(2, 3))), dim=1)  # (B, D)

@@ -190,7 +190,7 @@ class CodedResidualTransform(nn.Module):
 
     def correlation_maps(self, x: torch.Tensor) -> torch.Tensor:
         """``x_j · c_k`` for every position and prototype: ``(B, C, H, W) → (B, K, H, W)``."""
-        check_feature_map(x, "x", self.in_channels)
+        check_feature_map(x, "x", self.in_channels, module=self)
         return correlation(x, self.prototypes)
 
     def embed_residuals(self, r: torch.Tensor) -> torch.Tensor:
@@ -206,7 +206,7 @@ class CodedResidualTransform(nn.Module):
 
         Returns: ``(B, D)`` unit-norm embeddings (and the maps).
         """
-        check_feature_map(x, "x", self.in_channels)
+        check_feature_map(x, "x", self.in_channels, module=self)
         r, w = residual_encoding(x, self.prototypes, return_weights=True)  # (B, K, C)
         f = F.normalize(self.embed_residuals(r).mean(dim=1), dim=1)  # eq. (2)  (B, D)
         if not return_maps:

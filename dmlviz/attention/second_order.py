@@ -229,7 +229,7 @@ class SecondOrderAttention(nn.Module):
     def forward(self, x: torch.Tensor, return_maps: bool = False):
         """Args: x ``(B, C, H, W)``. Returns: ``f_soa (B, C, H, W)``, and with
         ``return_maps=True`` also the attention ``a (B, N, N)`` (row = query position)."""
-        check_feature_map(x, "x", self.channels)
+        check_feature_map(x, "x", self.channels, module=self)
         b, _, h, w = x.shape
         q, k, v = (conv(x).flatten(2) for conv in (self.query, self.key, self.value))  # (B, C', N)
         out, a = second_order_attention(q, k, v, self.zeta)  # (B, C', N), (B, N, N) eq. (1)
@@ -293,8 +293,8 @@ class GlobalLocalEmbedder(nn.Module):
             self.linears = nn.ModuleDict({n: nn.Linear(channels[n], dim) for n in names})
 
     def _inputs(self, local_map: torch.Tensor, global_map: torch.Tensor) -> dict[str, torch.Tensor]:
-        check_feature_map(local_map, "local_map", self.local_channels)
-        check_feature_map(global_map, "global_map", self.global_channels)
+        check_feature_map(local_map, "local_map", self.local_channels, module=self)
+        check_feature_map(global_map, "global_map", self.global_channels, module=self)
         if len(local_map) != len(global_map):
             raise ValueError(f"local_map and global_map must have the same batch size B, got "
                              f"{len(local_map)} and {len(global_map)}")
