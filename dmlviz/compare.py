@@ -318,7 +318,7 @@ def embedding_metrics(embeddings: torch.Tensor, labels: torch.Tensor, *,
 
     out = retrieval_metrics(embeddings, labels, seed=seed)
     out["density"] = float(embedding_space_density(embeddings, labels))
-    out["spectral_decay"] = float(spectral_decay(embeddings))
+    out["spectral_decay"] = float(spectral_decay(embeddings, drop_largest=False))  # all values (@1)
     return out
 
 

@@ -28,11 +28,21 @@ Papers and the equations implemented (written out so a line can cite them):
       π_inter = 1/(|C|(|C|−1)) Σ_{c≠c'} d(μ_c, μ_c')                         (π_inter)
       π_ratio = π_intra / π_inter                                             (π_ratio)
 
+  A **larger** π_ratio means the classes are spread wider relative to the distance between
+  them (less compact, less separated clusters); Roth et al. call the ratio "density" and find
+  that a larger one (less compression of the training classes) goes with better
+  generalisation. On *unseen* classes a model that separates them better has a smaller ratio
+  by construction, so there the ratio mostly measures separation.
+
 * **Spectral decay** ρ (Roth et al. 2020, Sec. 5): s = singular values of the (uncentred,
-  row-normalised) embedding matrix sorted descending, S = s / Σ s, U uniform on as many
-  entries::
+  row-normalised) embedding matrix sorted descending, optionally without the largest
+  (``drop_largest``), S = s / Σ s, U uniform on as many entries::
 
       ρ = KL(U ‖ S) = Σ_i U_i log(U_i / S_i)                                  (ρ)
+
+  A **larger** ρ means a more peaked spectrum (fewer directions carry the embedding); ρ = 0
+  for a flat one. For the same data ρ also grows with the number of singular values
+  min(N, D), so only compare embeddings of the same D (:func:`compare_spectral_decay` warns).
 
 Singleton classes (R = 0) cannot be retrieved: such queries are left out of Recall@K,
 R-precision and MAP@R (as pytorch-metric-learning's ``AccuracyCalculator`` does for its
@@ -50,6 +60,7 @@ import torch.nn.functional as F
 from dmlviz.checks import as_tensor, check_embeddings, check_int
 
 __all__ = [
+    "compare_spectral_decay",
     "embedding_space_density",
     "knn",
     "retrieval_metrics",
@@ -242,8 +253,12 @@ def embedding_space_density(
         return_parts: also return π_intra and π_inter.
 
     Returns:
-        π_ratio as a float (larger = denser classes relative to their spread, which Roth et
-        al. link to better generalisation), or ``{"pi_intra", "pi_inter", "pi_ratio"}``.
+        π_ratio ≥ 0 as a float, or ``{"pi_intra", "pi_inter", "pi_ratio"}``. **Larger** means
+        the classes are wider relative to the distance between their means (less compact or
+        less separated); 0 when every class collapses to one point. Roth et al. (and the CRT
+        paper, Table 1 "↑") call a larger ratio a higher "density" and link it, measured on the
+        training classes, to better generalisation; on unseen classes a better-separating
+        model has a smaller ratio by construction.
 
     Raises:
         ValueError: wrong ranks/dtypes, mismatched lengths, < 2 classes, no class with
@@ -285,36 +300,41 @@ def embedding_space_density(
 def spectral_decay(
     embeddings: torch.Tensor,
     *,
+    drop_largest: bool | int,
     normalize: bool = True,
-    exclude_largest: int = 0,
 ) -> float:
     """Spectral decay ρ = KL(U ‖ S) of Roth et al. (ICML 2020).
 
-    Follows the authors' reference code (``metrics/rho_spectrum.py``, mode ``@1``;
-    ``exclude_largest=k`` is their mode ``@k+1``): all ``min(N, D)`` singular values of the
-    embedding matrix, **not centred**, normalised to sum 1, compared with the uniform
-    distribution on as many entries, in the direction KL(uniform ‖ spectrum). Lower ρ =
-    flatter spectrum = more directions in use. Computed in float64.
+    Follows the authors' reference code (``metrics/rho_spectrum.py``): the singular values of
+    the embedding matrix, **not centred**, normalised to sum 1, compared with the uniform
+    distribution on as many entries, in the direction KL(uniform ‖ spectrum). Their mode
+    ``@1`` keeps all ``min(N, D)`` values (``drop_largest=False``); the variant they plot,
+    ``@2``, drops the largest first (``drop_largest=True``) — for uncentred unit-length
+    embeddings the largest mostly measures the mean direction. Which one is meant must be
+    said (no default). Computed in float64.
 
     Args:
         embeddings: ``(N, D)`` embeddings (tensor or NumPy array).
+        drop_largest: ``True`` drops the largest singular value (Roth et al.'s ``@2``),
+            ``False`` keeps all (``@1``); an int ``k`` drops the ``k`` largest (``@k+1``).
         normalize: L2-normalise each row first (DML embeddings live on the unit sphere, as
             in Roth et al.'s pipeline).
-        exclude_largest: drop this many of the largest singular values first (their more
-            robust variant; 0 keeps all).
 
     Returns:
-        ρ ≥ 0 as a float; ``inf`` if a kept singular value is exactly 0.
+        ρ ≥ 0 as a float; ``inf`` if a kept singular value is exactly 0. **Larger** = a more
+        peaked spectrum (the embedding uses fewer directions); 0 = all kept singular values
+        equal. Roth et al. (and the CRT paper, Table 2 "↓") link a smaller ρ to better
+        generalisation. ρ grows with ``min(N, D)`` for the same data: compare equal D only.
 
     Raises:
-        ValueError: wrong rank/dtype, or ``exclude_largest`` leaves fewer than 2 values.
+        ValueError: wrong rank/dtype, or ``drop_largest`` leaves fewer than 2 values.
     """
     embeddings = as_tensor(embeddings, "embeddings")
     check_embeddings(embeddings)
     n_values = min(embeddings.shape)
     exclude_largest = check_int(
-        exclude_largest, f"exclude_largest (the matrix has {n_values} singular values)",
-        0, n_values - 2)
+        int(drop_largest) if isinstance(drop_largest, bool) else drop_largest,
+        f"drop_largest (the matrix has {n_values} singular values; True = 1)", 0, n_values - 2)
     x = embeddings.double()
     if normalize:
         x = F.normalize(x, dim=1)
@@ -324,6 +344,35 @@ def spectral_decay(
     if bool((spectrum <= 0).any()):
         return float("inf")
     return float(-np.log(n) - torch.log(spectrum).mean())  # eq. (ρ): Σ (1/n) log((1/n)/S_i)
+
+
+def compare_spectral_decay(embeddings, *, drop_largest: bool | int,
+                           normalize: bool = True) -> dict[str, float]:
+    """:func:`spectral_decay` of several embeddings, warning when their D differ.
+
+    ρ grows with the number of singular values even for the same isotropic data, so ρ of a
+    64-d and a 192-d embedding are not comparable; a ``UserWarning`` names the dimensions.
+
+    Args:
+        embeddings: ``{name: (N, D) embeddings}``.
+        drop_largest: as for :func:`spectral_decay` (required).
+        normalize: as for :func:`spectral_decay`.
+
+    Returns:
+        ``{name: ρ}``.
+    """
+    import warnings
+
+    if not embeddings:
+        raise ValueError("embeddings must map at least one name to an (N, D) embedding")
+    tensors = {name: as_tensor(e, f"embeddings[{name!r}]") for name, e in embeddings.items()}
+    dims = {name: int(e.shape[-1]) for name, e in tensors.items()}
+    if len(set(dims.values())) > 1:
+        warnings.warn(f"compare_spectral_decay: embeddings of different dimension D {dims}; "
+                      f"ρ grows with min(N, D), so their ρ are not comparable", UserWarning,
+                      stacklevel=2)
+    return {name: spectral_decay(e, drop_largest=drop_largest, normalize=normalize)
+            for name, e in tensors.items()}
 
 
 @torch.no_grad()

@@ -9,9 +9,12 @@ import torch.nn.functional as F
 from dmlviz.attention.crt import (
     CodedResidualTransform,
     CRTObjective,
+    GlobalPoolEmbedder,
     TwoBranchCRT,
     correlation,
+    count_parameters,
     cross_branch_consistency_loss,
+    matched_hidden,
     prototype_cosine,
     prototype_diversity_loss,
     residual_encoding,
@@ -19,7 +22,7 @@ from dmlviz.attention.crt import (
 from dmlviz.losses import MultiSimilarityLoss
 
 
-def _slow_residuals(x, c):
+def _slow_residuals(x, c, subtract=True):
     """eq. (1) with explicit loops over images, prototypes and positions."""
     b, ch, h, w = x.shape
     out = torch.zeros(b, len(c), ch, dtype=x.dtype)
@@ -28,8 +31,22 @@ def _slow_residuals(x, c):
             for u in range(h):
                 for v in range(w):
                     xj = x[i, :, u, v]
-                    out[i, k] += math.log1p(math.exp(float(xj @ c[k]))) * (xj - c[k])
+                    out[i, k] += math.log1p(math.exp(float(xj @ c[k]))) * (xj - c[k] if subtract else xj)
     return out
+
+
+def test_no_residual_ablation_drops_the_prototype_term():
+    """Eq. (1) "r_k = Σ_j log[1 + exp(w_kj)](x_j − c_k)"; the ablation keeps the weights and
+    drops "− c_k": Σ_j log[1 + exp(w_kj)] x_j (checked against the loop)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 5, 3, 3, generator=g, dtype=torch.float64)
+    c = torch.randn(4, 5, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(residual_encoding(x, c, subtract_prototype=False),
+                               _slow_residuals(x, c, subtract=False))
+    m = CodedResidualTransform(5, 4, 6, subtract_prototype=False).double()
+    _, maps = m(x, return_maps=True)
+    torch.testing.assert_close(maps["residuals"], _slow_residuals(x, m.prototypes.detach(), False))
+    assert "subtract_prototype=False" in repr(m)
 
 
 def test_residual_encoding_matches_loop():
@@ -90,13 +107,30 @@ def test_consistency_loss():
     # scale and rotation do not change cosine matrices; a different dimension is allowed
     q, _ = torch.linalg.qr(torch.randn(8, 8))
     pad = torch.cat([3 * f @ q, torch.zeros(6, 4)], dim=1)
-    assert float(cross_branch_consistency_loss(f, pad)) == pytest.approx(0.0, abs=1e-6)
-    g = torch.randn(6, 3)
-    a, b = F.normalize(f, dim=1), F.normalize(g, dim=1)
-    ref = sum(abs(float(a[i] @ a[j] - b[i] @ b[j])) for i in range(6) for j in range(6)) / 36
-    assert float(cross_branch_consistency_loss(f, g)) == pytest.approx(ref, rel=1e-5)
+    assert float(cross_branch_consistency_loss(f, pad)) == pytest.approx(0.0, abs=36e-6)  # sum of 36
     with pytest.raises(ValueError, match="same images"):
         cross_branch_consistency_loss(f, torch.randn(5, 8))
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        cross_branch_consistency_loss(f, f, reduction="max")
+
+
+def test_consistency_loss_is_the_l1_norm_of_eq5():
+    """Eq. (4) "s_ij = f_i · f_j^T / (‖f_i‖₂ ‖f_j‖₂)" and eq. (5) "L_CON = ‖S⁽¹⁾ − S⁽²⁾‖₁":
+    the entry-wise L1 norm, i.e. the sum of |s⁽¹⁾_ij − s⁽²⁾_ij| over all N × N entries,
+    computed here with explicit loops; the "mean" option is that sum / N²."""
+    g = torch.Generator().manual_seed(7)
+    n = 6
+    f1 = torch.randn(n, 8, generator=g, dtype=torch.float64)
+    f2 = torch.randn(n, 3, generator=g, dtype=torch.float64)
+
+    def s(f, i, j):
+        return float(f[i] @ f[j]) / (float(f[i].norm()) * float(f[j].norm()))  # eq. (4)
+
+    l1 = sum(abs(s(f1, i, j) - s(f2, i, j)) for i in range(n) for j in range(n))  # eq. (5)
+    assert float(cross_branch_consistency_loss(f1, f2)) == pytest.approx(l1, rel=1e-12)
+    assert float(cross_branch_consistency_loss(f1, f2, reduction="sum")) == pytest.approx(l1, rel=1e-12)
+    assert float(cross_branch_consistency_loss(f1, f2, reduction="mean")) == pytest.approx(
+        l1 / n**2, rel=1e-12)
 
 
 def test_shared_vs_separate_parameter_counts():
@@ -126,10 +160,81 @@ def test_two_branch_and_objective():
     expected = (prototype_diversity_loss(m.branches[0].prototypes)
                 + prototype_diversity_loss(m.branches[1].prototypes)
                 + 2.0 * (ms(f1, labels) + ms(f2, labels))
-                + 0.5 * cross_branch_consistency_loss(f1, f2))
+                + 0.5 * cross_branch_consistency_loss(f1, f2, reduction="sum"))
     torch.testing.assert_close(obj(f, labels), expected)
     obj(f, labels).backward()
     assert m.branches[0].prototypes.grad is not None
+    # per-branch λ₁ (section 4.1: "1.0" in the first branch, "0.1" in the second) and mean L_CON
+    obj2 = CRTObjective(m, ms, metric_weight=(1.0, 0.1), consistency_weight=0.9,
+                        consistency_reduction="mean")
+    expected2 = (prototype_diversity_loss(m.branches[0].prototypes)
+                 + prototype_diversity_loss(m.branches[1].prototypes)
+                 + 1.0 * ms(f1, labels) + 0.1 * ms(f2, labels)
+                 + 0.9 * cross_branch_consistency_loss(f1, f2).detach() / 64)
+    torch.testing.assert_close(obj2(f, labels).detach(), expected2.detach())
+    assert obj2.metric_weights == (1.0, 0.1) and "consistency_reduction='mean'" in repr(obj2)
+    with pytest.raises(ValueError, match="one number per branch"):
+        CRTObjective(m, ms, metric_weight=(1.0, 0.1, 0.2))
+    with pytest.raises(ValueError, match="consistency_reduction"):
+        CRTObjective(m, ms, consistency_reduction="max")
+
+
+def test_two_branch_retrieves_with_branch_one_by_default():
+    """Section 4.2/Table 8: the reported embedding is "computed from the first embedding
+    branch" (128-d); the concatenation is a named option, and training sees both."""
+    torch.manual_seed(0)
+    m = TwoBranchCRT(6, (3, 5), (4, 8))
+    x = torch.randn(5, 6, 3, 3)
+    both = m(x)  # training mode
+    assert both.shape == (5, 12)
+    m.eval()
+    torch.testing.assert_close(m(x), m.branches[0](x))  # eval: branch 1
+    torch.testing.assert_close(m(x, output="branch2"), m.branches[1](x))
+    torch.testing.assert_close(m(x, output="both"), both)
+    m_cat = TwoBranchCRT(6, (3, 5), (4, 8), retrieval="concat")
+    m_cat.load_state_dict(m.state_dict())
+    torch.testing.assert_close(m_cat.eval()(x), both)
+    f, maps = m(x, return_maps=True)
+    assert f.shape == (5, 4) and len(maps) == 1
+    with pytest.raises(ValueError, match="retrieval must be one of"):
+        TwoBranchCRT(6, (3, 5), (4, 8), retrieval="mean")
+    with pytest.raises(ValueError, match="output must be one of"):
+        m(x, output="branch3")
+
+
+def test_two_branch_shared_weights():
+    """Tables 9–10: "the network weight of the second embedding branch is shared from the
+    first embedding branch" (equal numbers of prototypes)."""
+    torch.manual_seed(0)
+    sep = TwoBranchCRT(6, (3, 3), (4, 8))
+    shared = TwoBranchCRT(6, (3, 3), (4, 8), share_weights=True)
+    assert shared.branches[1].prototypes is shared.branches[0].prototypes
+    gamma = lambda d: 3 * (6 * d + d + d * d + d)  # noqa: E731
+    assert count_parameters(sep) == 2 * 3 * 6 + gamma(4) + gamma(8)
+    assert count_parameters(shared) == 3 * 6 + gamma(4) + gamma(8)
+    same = TwoBranchCRT(6, (3, 3), (4, 4), share_weights=True).eval()
+    x = torch.randn(4, 6, 3, 3)
+    torch.testing.assert_close(same(x, output="branch1"), same(x, output="branch2"))
+    assert len(same.distinct_branches) == 1
+    with pytest.raises(ValueError, match="same number of prototypes"):
+        TwoBranchCRT(6, (3, 5), (4, 8), share_weights=True)
+
+
+def test_global_pool_controls():
+    """Matched controls: GAP + linear, and GAP + MLP with as many parameters as a CRT head."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 10, 4, 4)
+    lin = GlobalPoolEmbedder(10, 6)
+    ref = F.normalize(x.mean(dim=(2, 3)) @ lin.net.weight.T + lin.net.bias, dim=1)
+    torch.testing.assert_close(lin(x), ref)
+    crt = CodedResidualTransform(10, 8, 6)
+    h = matched_hidden(10, 6, count_parameters(crt))
+    mlp = GlobalPoolEmbedder(10, 6, hidden=h)
+    assert count_parameters(mlp) == h * (10 + 1 + 6) + 6
+    assert abs(count_parameters(mlp) - count_parameters(crt)) <= 10 + 1 + 6
+    torch.testing.assert_close(mlp(x).norm(dim=1), torch.ones(3))
+    with pytest.raises(ValueError, match="C = 10 channels"):
+        mlp(torch.randn(2, 9, 4, 4))
 
 
 def test_bad_inputs_raise_clear_errors():
@@ -175,6 +280,16 @@ def test_prototype_figures_and_explorer():
 
     fig = plot_object_share({"before": [0.1, 0.5], "after": [0.2, 0.7]}, chance=0.2)
     assert len(fig.axes[0].patches) == 4
+    # Fig. 2: "The red dots on the top right corner indicates the background prototype"
+    from dmlviz.viz.prototypes import background_prototype, prototype_row_names
+
+    assert background_prototype([0.4, 0.05, 0.3]) == 1
+    assert prototype_row_names(3, 1) == ["c0", "c1 ● bg", "c2"]
+    fig_bg = plot_object_share({"after": [0.4, 0.05, 0.3]}, chance=0.2, background=1)
+    labels = [t.get_text() for t in fig_bg.axes[0].get_xticklabels()]
+    assert labels[1] == "c1 ● bg" and len(fig_bg.axes[0].lines) == 2  # chance line + red dot
+    with pytest.raises(ValueError, match="background"):
+        prototype_row_names(3, 5)
     with pytest.raises(ValueError, match="prototypes"):
         plot_object_share({"a": [0.1, 0.2], "b": [0.3]}, chance=0.2)
     fig2 = plot_metric_panels({"Recall@1": {"baseline": 0.5, "crt": 0.9},

@@ -306,6 +306,24 @@ def test_density_hand_case():
     assert embedding_space_density(3 * x, torch.tensor([0, 0, 1, 1])) == pytest.approx(0.5)
 
 
+def test_density_larger_means_wider_classes_relative_to_separation():
+    """Roth et al. (the CRT paper's eq. 6): "D_ESD = D_Intra / D_Inter". Known answers: two
+    classes of two unit vectors at ±θ around opposite axes: intra distance 1 − cos 2θ, class
+    means (1, 0) and (−1, 0) at distance 2, so π_ratio = (1 − cos 2θ) / 2 grows with the
+    classes' width θ; collapsed classes (θ = 0) give 0."""
+    def two_classes(theta):
+        a = torch.tensor([[math.cos(theta), math.sin(theta)], [math.cos(theta), -math.sin(theta)]],
+                         dtype=torch.float64)
+        return torch.cat([a, -a]), torch.tensor([0, 0, 1, 1])
+    ratios = []
+    for theta in (0.0, 0.3, 0.6, 1.2):
+        x, y = two_classes(theta)
+        got = embedding_space_density(x, y)
+        assert got == pytest.approx((1 - math.cos(2 * theta)) / 2, abs=1e-12)
+        ratios.append(got)
+    assert ratios == sorted(ratios) and ratios[0] == pytest.approx(0.0, abs=1e-12)
+
+
 def test_density_errors():
     with pytest.raises(ValueError, match="at least 2 classes"):
         embedding_space_density(torch.randn(4, 2), torch.zeros(4, dtype=torch.long))
@@ -316,8 +334,44 @@ def test_density_errors():
 
 
 def test_spectral_decay_uniform_spectrum_is_zero():
-    assert spectral_decay(torch.eye(6)) == pytest.approx(0.0, abs=1e-12)
-    assert spectral_decay(torch.eye(6), exclude_largest=2) == pytest.approx(0.0, abs=1e-12)
+    assert spectral_decay(torch.eye(6), drop_largest=False) == pytest.approx(0.0, abs=1e-12)
+    assert spectral_decay(torch.eye(6), drop_largest=2) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_spectral_decay_known_spectrum_both_variants():
+    """The CRT paper's eq. (7): "ρ_SD = D_KL(μ_d, V^SV)", the KL divergence of the uniform
+    distribution from the normalised singular values. diag(2, 1, 1) has spectrum
+    S = (1/2, 1/4, 1/4): ρ(all) = Σ (1/3) log((1/3)/S_i) = (1/3) log(32/27) > 0; without the
+    largest (Roth et al.'s plotted @2), S = (1/2, 1/2) is flat: ρ = 0. A larger ρ = a more
+    peaked spectrum."""
+    x = torch.diag(torch.tensor([2.0, 1.0, 1.0], dtype=torch.float64))
+    expected = math.log(32 / 27) / 3
+    assert spectral_decay(x, drop_largest=False, normalize=False) == pytest.approx(expected, rel=1e-12)
+    assert spectral_decay(x, drop_largest=True, normalize=False) == pytest.approx(0.0, abs=1e-12)
+    peaked = torch.diag(torch.tensor([4.0, 1.0, 1.0], dtype=torch.float64))
+    assert spectral_decay(peaked, drop_largest=False, normalize=False) > expected
+
+
+def test_compare_spectral_decay_warns_on_different_dimensions():
+    """Isotropic Gaussian data: ρ grows with D at fixed N, so a 64-d and a 192-d embedding
+    must not be ranked by ρ — the comparison warns."""
+    from dmlviz.metrics import compare_spectral_decay
+
+    g = torch.Generator().manual_seed(0)
+    small, big = torch.randn(480, 64, generator=g), torch.randn(480, 192, generator=g)
+    with pytest.warns(UserWarning, match="different dimension"):
+        rho = compare_spectral_decay({"64": small, "192": big}, drop_largest=True)
+    assert rho["192"] > rho["64"]
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same = compare_spectral_decay({"a": small, "b": small[:, :64]}, drop_largest=False)
+    assert same["a"] == pytest.approx(spectral_decay(small, drop_largest=False))
+
+
+def test_spectral_decay_needs_explicit_variant():
+    with pytest.raises(TypeError, match="drop_largest"):
+        spectral_decay(torch.eye(4))
 
 
 @pytest.mark.parametrize("exclude", [0, 1, 3])
@@ -330,7 +384,7 @@ def test_spectral_decay_matches_scipy(exclude, normalize):
     s = np.linalg.svd(xs, compute_uv=False)[exclude:]
     p = s / s.sum()
     expected = entropy(np.full(len(p), 1 / len(p)), p)  # KL(U || S)
-    got = spectral_decay(x, normalize=normalize, exclude_largest=exclude)
+    got = spectral_decay(x, normalize=normalize, drop_largest=exclude)
     assert got == pytest.approx(expected, rel=1e-10)
 
 
@@ -339,11 +393,12 @@ def test_spectral_decay_orders_concentration():
     spread = torch.randn(200, 8, generator=g, dtype=torch.float64)
     low_rank = spread[:, :2] @ torch.randn(2, 8, generator=g, dtype=torch.float64)
     low_rank = low_rank + 1e-3 * spread
-    assert spectral_decay(low_rank) > spectral_decay(spread) > 0
+    assert (spectral_decay(low_rank, drop_largest=False)
+            > spectral_decay(spread, drop_largest=False) > 0)
 
 
 def test_spectral_decay_errors():
-    with pytest.raises(ValueError, match=r"exclude_largest \(the matrix has 3 singular values\) must be in \[0, 1\], got 2"):
-        spectral_decay(torch.randn(10, 3), exclude_largest=2)
+    with pytest.raises(ValueError, match=r"drop_largest \(the matrix has 3 singular values; True = 1\) must be in \[0, 1\], got 2"):
+        spectral_decay(torch.randn(10, 3), drop_largest=2)
     with pytest.raises(ValueError, match="embeddings must be 2-D"):
-        spectral_decay(torch.randn(10))
+        spectral_decay(torch.randn(10), drop_largest=False)

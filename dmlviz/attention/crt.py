@@ -18,19 +18,37 @@ shared ``Γ`` for all k (``shared_embedding=True``, the paper's Table 7 ablation
   pushes the prototypes apart so that they code different parts of the map;
 * the **cross-branch consistency** loss (eq. 5): two CRT branches with different K and
   embedding sizes (paper: K₁ = 49 → 128-d, K₂ = 64 → 1024-d) should agree on which images
-  are similar: the L1 distance between their batch cosine-similarity matrices.
+  are similar: "the L_1 distance between these two similarity matrices",
+  ``L_CON = ‖S⁽¹⁾ − S⁽²⁾‖₁``, the **sum** of |S⁽¹⁾_ij − S⁽²⁾_ij| over the B² entries
+  (``reduction="sum"``, the default; ``reduction="mean"`` divides by B², which is B² times
+  smaller — 1024× at B = 32 — so a λ₂ tuned for one form is not the other's).
 
-Total loss (section 3.3): ``L = L_DIV + λ₁ L_MS + λ₂ L_CON`` (:class:`CRTObjective`).
+Total loss (section 3.3): ``L = L_DIV + λ₁ L_MS + λ₂ L_CON`` (:class:`CRTObjective`); the
+paper sets λ₁ per branch (section 4.1: 1.0 for branch 1, 0.1 for branch 2 on CUB and Cars,
+0.9 on SOP and In-Shop) and λ₂ = 0.9.
 
-Interpretations — no copy of the paper was at hand; the structure follows the issue text:
+Matched controls (not in the paper, which compares with its MS baseline on a fine-tuned
+backbone): :class:`GlobalPoolEmbedder` — global average pooling, then a linear map or an MLP
+whose hidden width :func:`matched_hidden` picks to match a CRT head's parameter count — and
+the ablations ``CodedResidualTransform(..., subtract_prototype=False)`` (weighted pooling
+``Σ_j softplus(a_jk) x_j`` without the ``− c_k`` of eq. 1) and ``num_prototypes=1``.
+
+Interpretations, where the paper's text is silent:
 
 * the softplus weights are not normalised over positions (eq. 1 as stated), so ``‖r_k‖``
   grows with N; the embedding is L2-normalised after the mean of eq. (2);
-* the hidden width of ``Γ_k`` equals the embedding size D;
-* :class:`TwoBranchCRT` retrieves with the concatenation of the two unit-length branch
-  embeddings divided by √2 (cosine = mean of the two branch cosines); the metric loss is
-  applied to each branch separately and summed;
-* the diversity loss of a two-branch model is the sum over the branches.
+* ``Γ_k`` ("multiple fully connected layers and one GELU", section 3.2) is Linear → GELU →
+  Linear with hidden width D;
+* :class:`TwoBranchCRT` **retrieves with branch 1** (``retrieval="branch1"``, the default):
+  the paper's Tables 3 and 8 report "the embedding computed from the first embedding branch"
+  (128-d). ``retrieval="concat"`` (the two unit-length embeddings concatenated, divided by √2)
+  is an ensemble of two heads, offered as a named option. The metric loss is applied to each
+  branch with its own λ₁ and summed;
+* ``share_weights=True`` (Tables 9–10: "the network weight of the second embedding branch is
+  shared from the first embedding branch", with equal K in both): needs K₁ = K₂; branch 2 uses
+  branch 1's prototypes, and also its ``Γ_k`` when D₁ = D₂ (then the branches coincide and
+  L_CON is 0: only the second λ₁ remains);
+* the diversity loss of a two-branch model is the sum over the (distinct) branches.
 """
 
 from __future__ import annotations
@@ -44,16 +62,22 @@ from torch import nn
 from dmlviz.checks import check_feature_map, check_int
 
 __all__ = [
+    "CONSISTENCY_REDUCTIONS",
     "CRTObjective",
     "CodedResidualTransform",
+    "GlobalPoolEmbedder",
     "TwoBranchCRT",
     "correlation",
+    "count_parameters",
     "cross_branch_consistency_loss",
+    "matched_hidden",
     "prototype_cosine",
     "prototype_diversity_loss",
     "residual_encoding",
 ]
 
+CONSISTENCY_REDUCTIONS = ("sum", "mean")
+RETRIEVAL_MODES = ("branch1", "concat")
 
 
 def _check_prototypes(prototypes, channels: int | None = None) -> None:
@@ -82,13 +106,15 @@ def correlation(x: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
 
 
 def residual_encoding(x: torch.Tensor, prototypes: torch.Tensor,
-                      return_weights: bool = False):
+                      return_weights: bool = False, subtract_prototype: bool = True):
     """Coded residuals ``r_k = Σ_j softplus(x_j·c_k) (x_j − c_k)`` (eq. 1).
 
     Args:
         x: ``(B, C, H, W)`` feature map.
         prototypes: ``(K, C)``.
         return_weights: also return the softplus weights.
+        subtract_prototype: False drops the ``− c_k`` (the ablation "no residual":
+            ``Σ_j softplus(x_j·c_k) x_j``, a correlation-weighted pooling of the features).
 
     Returns:
         ``(B, K, C)`` residuals; with ``return_weights`` also ``(B, K, H, W)`` weights.
@@ -97,7 +123,9 @@ def residual_encoding(x: torch.Tensor, prototypes: torch.Tensor,
     w = F.softplus(a).flatten(2)  # (B, K, N)
     feats = x.flatten(2)  # (B, C, N)
     # Σ_j w_jk (x_j − c_k) = Σ_j w_jk x_j − (Σ_j w_jk) c_k, without a (B, K, N, C) tensor
-    r = torch.einsum("bkn,bcn->bkc", w, feats) - w.sum(2)[..., None] * prototypes  # eq. (1)
+    r = torch.einsum("bkn,bcn->bkc", w, feats)  # (B, K, C) Σ_j w_jk x_j
+    if subtract_prototype:
+        r = r - w.sum(2)[..., None] * prototypes  # eq. (1)
     if return_weights:
         return r, w.view_as(a)
     return r
@@ -136,15 +164,20 @@ def prototype_diversity_loss(prototypes: torch.Tensor) -> torch.Tensor:
     return cos[off].abs().mean()  # eq. (3)
 
 
-def cross_branch_consistency_loss(f1: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
-    """Consistency loss: mean |S₁ − S₂| between the two branches' batch cosine matrices (eq. 5).
+def cross_branch_consistency_loss(f1: torch.Tensor, f2: torch.Tensor,
+                                  reduction: str = "sum") -> torch.Tensor:
+    """Consistency loss ``L_CON = ‖S⁽¹⁾ − S⁽²⁾‖₁`` between the branches' cosine matrices (eq. 5).
+
+    ``S⁽ᵇ⁾_ij = cos(f_i⁽ᵇ⁾, f_j⁽ᵇ⁾)`` (eq. 4) over the B images of the batch.
 
     Args:
         f1: ``(B, D1)`` embeddings of branch 1.
         f2: ``(B, D2)`` embeddings of branch 2 (same images; D2 may differ from D1).
+        reduction: ``"sum"`` — the entry-wise L1 norm of eq. (5), Σ_ij |S⁽¹⁾_ij − S⁽²⁾_ij|
+            (grows with B²); ``"mean"`` — the same divided by B² (in [0, 2]).
 
     Returns:
-        Scalar tensor; 0 when the two branches rank the batch identically in cosine.
+        Scalar tensor; 0 when the two branches give the same cosine matrix.
     """
     for f, name in ((f1, "f1"), (f2, "f2")):
         if not torch.is_tensor(f) or f.ndim != 2:
@@ -152,8 +185,34 @@ def cross_branch_consistency_loss(f1: torch.Tensor, f2: torch.Tensor) -> torch.T
                              f"{tuple(f.shape) if torch.is_tensor(f) else type(f).__name__}")
     if len(f1) != len(f2):
         raise ValueError(f"f1 and f2 must hold the same images: got {len(f1)} and {len(f2)} rows")
+    if reduction not in CONSISTENCY_REDUCTIONS:
+        raise ValueError(f"reduction must be one of {CONSISTENCY_REDUCTIONS}, got {reduction!r}")
     a, b = F.normalize(f1, dim=1), F.normalize(f2, dim=1)
-    return (a @ a.T - b @ b.T).abs().mean()  # eq. (5)  (B, B)
+    diff = (a @ a.T - b @ b.T).abs()  # (B, B) |S⁽¹⁾ − S⁽²⁾|, eq. (4)
+    return diff.sum() if reduction == "sum" else diff.mean()  # eq. (5)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters (a shared tensor counts once)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def matched_hidden(in_channels: int, embedding_dim: int, target: int) -> int:
+    """Hidden width ``h`` of a GAP + MLP head (C → h → D) whose parameter count
+    ``h (C + 1 + D) + D`` is closest to ``target`` (e.g. a CRT head's :func:`count_parameters`).
+
+    Args:
+        in_channels: ``C``.
+        embedding_dim: ``D``.
+        target: the parameter count to match, ≥ 1.
+
+    Returns:
+        ``h`` ≥ 1.
+    """
+    c = check_int(in_channels, "in_channels", 1)
+    d = check_int(embedding_dim, "embedding_dim", 1)
+    target = check_int(target, "target", 1)
+    return max(1, round((target - d) / (c + 1 + d)))
 
 
 # ----------------------------------------------------------------------------- modules
@@ -166,17 +225,19 @@ class CodedResidualTransform(nn.Module):
         num_prototypes: ``K`` ≥ 1.
         embedding_dim: ``D``; also the hidden width of each ``Γ_k``.
         shared_embedding: one ``Γ`` for all prototypes (Table 7 ablation) instead of one each.
+        subtract_prototype: False drops the ``− c_k`` of eq. (1) (the "no residual" ablation).
 
     Shapes: input ``(B, C, H, W)``, output ``(B, D)`` unit-norm embeddings.
     """
 
     def __init__(self, in_channels: int, num_prototypes: int, embedding_dim: int,
-                 shared_embedding: bool = False) -> None:
+                 shared_embedding: bool = False, subtract_prototype: bool = True) -> None:
         super().__init__()
         self.in_channels = check_int(in_channels, "in_channels", 1)
         self.num_prototypes = check_int(num_prototypes, "num_prototypes", 1)
         self.embedding_dim = check_int(embedding_dim, "embedding_dim", 1)
         self.shared_embedding = bool(shared_embedding)
+        self.subtract_prototype = bool(subtract_prototype)
         c, k, d = self.in_channels, self.num_prototypes, self.embedding_dim
         g = 1 if self.shared_embedding else k
         # the prototype network: a 1×1 conv without bias, initialised like one
@@ -207,7 +268,8 @@ class CodedResidualTransform(nn.Module):
         Returns: ``(B, D)`` unit-norm embeddings (and the maps).
         """
         check_feature_map(x, "x", self.in_channels, module=self)
-        r, w = residual_encoding(x, self.prototypes, return_weights=True)  # (B, K, C)
+        r, w = residual_encoding(x, self.prototypes, return_weights=True,
+                                 subtract_prototype=self.subtract_prototype)  # (B, K, C)
         f = F.normalize(self.embed_residuals(r).mean(dim=1), dim=1)  # eq. (2)  (B, D)
         if not return_maps:
             return f
@@ -218,48 +280,123 @@ class CodedResidualTransform(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_channels={self.in_channels}, num_prototypes={self.num_prototypes}, "
-                f"embedding_dim={self.embedding_dim}, shared_embedding={self.shared_embedding}")
+                f"embedding_dim={self.embedding_dim}, shared_embedding={self.shared_embedding}, "
+                f"subtract_prototype={self.subtract_prototype}")
+
+
+class GlobalPoolEmbedder(nn.Module):
+    """Matched control: global average pooling → linear map or MLP → unit length.
+
+    ``hidden=None``: ``f = normalise(W mean_j x_j + b)`` (GAP + linear). ``hidden=h``:
+    Linear(C, h) → GELU → Linear(h, D), the same nonlinearity as CRT's ``Γ_k``; pick ``h`` with
+    :func:`matched_hidden` to give it as many parameters as a CRT head.
+
+    Args:
+        in_channels: ``C``.
+        embedding_dim: ``D``.
+        hidden: hidden width, or None for a linear head.
+
+    Shapes: input ``(B, C, H, W)``, output ``(B, D)`` unit-norm embeddings.
+    """
+
+    def __init__(self, in_channels: int, embedding_dim: int, hidden: int | None = None) -> None:
+        super().__init__()
+        self.in_channels = check_int(in_channels, "in_channels", 1)
+        self.embedding_dim = check_int(embedding_dim, "embedding_dim", 1)
+        self.hidden = None if hidden is None else check_int(hidden, "hidden", 1)
+        c, d = self.in_channels, self.embedding_dim
+        self.net = (nn.Linear(c, d) if self.hidden is None else
+                    nn.Sequential(nn.Linear(c, self.hidden), nn.GELU(), nn.Linear(self.hidden, d)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Args: x ``(B, C, H, W)``. Returns: ``(B, D)`` unit-norm embeddings."""
+        check_feature_map(x, "x", self.in_channels)
+        return F.normalize(self.net(x.mean(dim=(2, 3))), dim=1)  # (B, D)
+
+    def extra_repr(self) -> str:
+        return (f"in_channels={self.in_channels}, embedding_dim={self.embedding_dim}, "
+                f"hidden={self.hidden}")
 
 
 class TwoBranchCRT(nn.Module):
-    """Two CRT branches on the same map with different K and D (section 3.3).
+    """Two CRT branches on the same map with different K and D (section 3.3, Fig. 3).
 
-    ``forward`` returns ``[f₁, f₂] / √2`` ``(B, D₁ + D₂)``, unit length, so that retrieval
-    uses the mean of the two branch cosines; :meth:`split` recovers ``f₁, f₂``.
+    In training mode ``forward`` returns both branches, ``[f₁, f₂] / √2`` ``(B, D₁ + D₂)``
+    (what :class:`CRTObjective` splits, with :meth:`split`, for L_MS per branch and L_CON). In
+    eval mode it returns the **retrieval** embedding: branch 1 ``(B, D₁)`` by default, as the
+    paper's Tables 3 and 8 ("the embedding computed from the first embedding branch"), or the
+    concatenation with ``retrieval="concat"`` (an ensemble of both heads). ``output=`` overrides
+    the mode: ``"both"``, ``"branch1"``, ``"branch2"``, ``"concat"`` (= ``"both"``).
 
     Args:
         in_channels: ``C``.
         num_prototypes: ``(K₁, K₂)`` (paper: 49, 64).
         embedding_dims: ``(D₁, D₂)`` (paper: 128, 1024).
         shared_embedding: as for :class:`CodedResidualTransform`.
+        retrieval: ``"branch1"`` (default) or ``"concat"``: what eval mode returns.
+        share_weights: branch 2 reuses branch 1's prototypes (needs K₁ = K₂), and its ``Γ_k``
+            when D₁ = D₂ (Tables 9–10; see the module docstring).
     """
+
+    OUTPUTS = ("both", "concat", "branch1", "branch2")
 
     def __init__(self, in_channels: int, num_prototypes: tuple[int, int] = (49, 64),
                  embedding_dims: tuple[int, int] = (128, 1024),
-                 shared_embedding: bool = False) -> None:
+                 shared_embedding: bool = False, retrieval: str = "branch1",
+                 share_weights: bool = False) -> None:
         super().__init__()
         for value, name in ((num_prototypes, "num_prototypes"), (embedding_dims, "embedding_dims")):
             if not isinstance(value, (tuple, list)) or len(value) != 2:
                 raise ValueError(f"{name} must be a pair (branch 1, branch 2), got {value!r}")
+        if retrieval not in RETRIEVAL_MODES:
+            raise ValueError(f"retrieval must be one of {RETRIEVAL_MODES}, got {retrieval!r}")
+        if share_weights and num_prototypes[0] != num_prototypes[1]:
+            raise ValueError(f"share_weights=True needs the same number of prototypes in both "
+                             f"branches (Table 9), got num_prototypes={tuple(num_prototypes)}")
         self.branches = nn.ModuleList(
             CodedResidualTransform(in_channels, k, d, shared_embedding)
             for k, d in zip(num_prototypes, embedding_dims, strict=True))
         self.embedding_dims = tuple(b.embedding_dim for b in self.branches)
+        self.retrieval = retrieval
+        self.share_weights = bool(share_weights)
+        if self.share_weights:
+            one, two = self.branches
+            two.prototypes = one.prototypes  # the same Parameter: one prototype network
+            if one.embedding_dim == two.embedding_dim:
+                two.w1, two.b1, two.w2, two.b2 = one.w1, one.b1, one.w2, one.b2
+
+    @property
+    def distinct_branches(self) -> list[CodedResidualTransform]:
+        """The branches whose prototypes are their own (one when ``share_weights``)."""
+        return [self.branches[0]] if self.share_weights else list(self.branches)
 
     def split(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, D₁ + D₂) → ((B, D₁), (B, D₂))``, each branch back at unit length."""
         if not torch.is_tensor(f) or f.ndim != 2 or f.shape[1] != sum(self.embedding_dims):
-            raise ValueError(f"f must be (B, {sum(self.embedding_dims)}) = (B, D₁ + D₂), got "
+            raise ValueError(f"f must be (B, {sum(self.embedding_dims)}) = (B, D₁ + D₂), the "
+                             f"output of forward(x, output='both'), got "
                              f"{tuple(f.shape) if torch.is_tensor(f) else type(f).__name__}")
         f1, f2 = f.split(self.embedding_dims, dim=1)
         return F.normalize(f1, dim=1), F.normalize(f2, dim=1)
 
-    def forward(self, x: torch.Tensor, return_maps: bool = False):
-        """Args: x ``(B, C, H, W)``. Returns: ``(B, D₁ + D₂)`` (and ``[maps₁, maps₂]``)."""
-        outs = [b(x, return_maps=return_maps) for b in self.branches]
+    def forward(self, x: torch.Tensor, return_maps: bool = False, output: str | None = None):
+        """Args: x ``(B, C, H, W)``; return_maps: also return ``[maps₁, maps₂]``; output: see
+        the class docstring (default: ``"both"`` in training, ``retrieval`` in eval).
+
+        Returns: ``(B, D₁ + D₂)``, ``(B, D₁)`` or ``(B, D₂)`` (and the maps).
+        """
+        if output is None:
+            output = "both" if self.training else self.retrieval
+        if output not in self.OUTPUTS:
+            raise ValueError(f"output must be one of {self.OUTPUTS} or None, got {output!r}")
+        wanted = {"branch1": [0], "branch2": [1]}.get(output, [0, 1])
+        outs = [self.branches[i](x, return_maps=return_maps) for i in wanted]
         fs = [o[0] for o in outs] if return_maps else outs
-        f = torch.cat(fs, dim=1) / math.sqrt(2)  # (B, D₁ + D₂)
+        f = fs[0] if len(fs) == 1 else torch.cat(fs, dim=1) / math.sqrt(2)  # (B, D₁ + D₂)
         return (f, [o[1] for o in outs]) if return_maps else f
+
+    def extra_repr(self) -> str:
+        return f"retrieval={self.retrieval!r}, share_weights={self.share_weights}"
 
 
 class CRTObjective(nn.Module):
@@ -267,51 +404,72 @@ class CRTObjective(nn.Module):
 
     Called like any DML loss, ``objective(embeddings, labels)``, so it plugs into
     :func:`dmlviz.train.fit`. It reads the model's prototypes (for L_DIV) and, for a
-    :class:`TwoBranchCRT`, splits the embeddings into the branches (metric loss on each, summed;
-    L_CON between them). The model is referenced, not registered: its parameters stay the
-    model's (an optimiser sees each one once).
+    :class:`TwoBranchCRT`, splits the training embeddings ``(B, D₁ + D₂)`` into the branches
+    (metric loss on each, with its own λ₁; L_CON between them). The model is referenced, not
+    registered: its parameters stay the model's (an optimiser sees each one once).
 
     Args:
         model: a :class:`CodedResidualTransform` or :class:`TwoBranchCRT`.
         metric_loss: e.g. :class:`dmlviz.losses.MultiSimilarityLoss`.
         diversity_weight: weight of L_DIV (1 in the paper; 0 switches it off).
-        metric_weight: λ₁.
-        consistency_weight: λ₂ (two-branch models only; ignored otherwise).
+        metric_weight: λ₁; for a two-branch model a number (both branches) or a pair
+            ``(λ₁⁽¹⁾, λ₁⁽²⁾)`` (paper, CUB and Cars: ``(1.0, 0.1)``).
+        consistency_weight: λ₂ (two-branch models only; ignored otherwise; paper 0.9).
+        consistency_reduction: ``"sum"`` (eq. 5's L1 norm, default) or ``"mean"`` (÷ B²).
     """
 
     def __init__(self, model: nn.Module, metric_loss: nn.Module, *, diversity_weight: float = 1.0,
-                 metric_weight: float = 1.0, consistency_weight: float = 0.0) -> None:
+                 metric_weight: float | tuple[float, float] = 1.0,
+                 consistency_weight: float = 0.0, consistency_reduction: str = "sum") -> None:
         super().__init__()
         if not isinstance(model, (CodedResidualTransform, TwoBranchCRT)):
             raise ValueError(f"model must be a CodedResidualTransform or TwoBranchCRT, got "
                              f"{type(model).__name__}")
-        for value, name in ((diversity_weight, "diversity_weight"), (metric_weight, "metric_weight"),
+        n_branches = 2 if isinstance(model, TwoBranchCRT) else 1
+        weights = (tuple(metric_weight) if isinstance(metric_weight, (tuple, list))
+                   else (metric_weight,) * n_branches)
+        if len(weights) != n_branches:
+            raise ValueError(f"metric_weight must be a number or one number per branch "
+                             f"({n_branches}), got {metric_weight!r}")
+        for value, name in ((diversity_weight, "diversity_weight"),
+                            *((w, "metric_weight") for w in weights),
                             (consistency_weight, "consistency_weight")):
-            if not isinstance(value, (int, float)) or value < 0:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+        if consistency_reduction not in CONSISTENCY_REDUCTIONS:
+            raise ValueError(f"consistency_reduction must be one of {CONSISTENCY_REDUCTIONS}, "
+                             f"got {consistency_reduction!r}")
         self.__dict__["_model"] = model  # not a submodule
         self.metric_loss = metric_loss
         self.diversity_weight = float(diversity_weight)
-        self.metric_weight = float(metric_weight)
+        self.metric_weights = tuple(float(w) for w in weights)
         self.consistency_weight = float(consistency_weight)
+        self.consistency_reduction = consistency_reduction
         self.last: dict[str, float] = {}
 
+    @property
+    def metric_weight(self) -> float:
+        """λ₁ of branch 1."""
+        return self.metric_weights[0]
+
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Args: embeddings ``(B, D)`` from the model, labels ``(B,)``. Returns: scalar loss."""
+        """Args: embeddings ``(B, D)`` from the model in training mode (``(B, D₁ + D₂)`` for
+        two branches), labels ``(B,)``. Returns: scalar loss."""
         model = self._model
         if isinstance(model, TwoBranchCRT):
             fs = model.split(embeddings)
-            branches = list(model.branches)
-            con = cross_branch_consistency_loss(*fs)  # eq. (5)
+            branches = model.distinct_branches
+            con = cross_branch_consistency_loss(*fs, reduction=self.consistency_reduction)  # eq. (5)
         else:
             fs, branches, con = [embeddings], [model], embeddings.sum() * 0.0
-        metric = sum(self.metric_loss(f, labels) for f in fs)
+        metrics = [self.metric_loss(f, labels) for f in fs]
+        metric = sum(w * m for w, m in zip(self.metric_weights, metrics, strict=True))
         div = sum(prototype_diversity_loss(b.prototypes) for b in branches)  # eq. (3)
         self.last = {"div": float(div.detach()), "metric": float(metric.detach()),
                      "con": float(con.detach())}
-        return (self.diversity_weight * div + self.metric_weight * metric
-                + self.consistency_weight * con)
+        return self.diversity_weight * div + metric + self.consistency_weight * con
 
     def extra_repr(self) -> str:
         return (f"model={type(self._model).__name__}, diversity_weight={self.diversity_weight}, "
-                f"metric_weight={self.metric_weight}, consistency_weight={self.consistency_weight}")
+                f"metric_weights={self.metric_weights}, consistency_weight={self.consistency_weight}, "
+                f"consistency_reduction={self.consistency_reduction!r}")

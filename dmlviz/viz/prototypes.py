@@ -13,7 +13,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-__all__ = ["crt_explorer", "plot_metric_panels", "plot_object_share", "plot_prototype_map"]
+__all__ = ["background_prototype", "crt_explorer", "plot_metric_panels", "plot_object_share",
+           "plot_prototype_map", "prototype_row_names"]
 
 
 def _as_hwc(image) -> np.ndarray:
@@ -66,7 +67,34 @@ def plot_prototype_map(image, corr: torch.Tensor, *, lim: float | None = None, m
     return fig
 
 
-def plot_object_share(shares: Mapping[str, Sequence[float]], chance: float, ax=None):
+def background_prototype(shares: Sequence[float]) -> int:
+    """The background prototype: the one with the lowest share of its weight on the object.
+
+    The paper's Fig. 2 marks one prototype as "the background prototype" (a red dot); with
+    object masks, the workbench names the prototype whose coding weight falls least on the
+    object.
+
+    Args:
+        shares: ``(K,)`` object share per prototype (e.g. from ``object_share``).
+
+    Returns:
+        Its index k.
+    """
+    v = np.asarray(shares, dtype=float).reshape(-1)
+    if v.size == 0 or not np.isfinite(v).all():
+        raise ValueError(f"shares must be a non-empty sequence of finite numbers, got {list(v)}")
+    return int(np.argmin(v))
+
+
+def prototype_row_names(k: int, background: int | None = None) -> list[str]:
+    """Row labels ``c0 … c{K-1}`` with the background prototype marked ``● bg`` (Fig. 2)."""
+    if background is not None and not 0 <= background < k:
+        raise ValueError(f"background must be a prototype index in [0, {k - 1}], got {background}")
+    return [f"c{j} ● bg" if j == background else f"c{j}" for j in range(k)]
+
+
+def plot_object_share(shares: Mapping[str, Sequence[float]], chance: float, ax=None,
+                      background: int | None = None):
     """Bars per prototype: the share of its softplus weight that falls on the object.
 
     Args:
@@ -74,6 +102,8 @@ def plot_object_share(shares: Mapping[str, Sequence[float]], chance: float, ax=N
         chance: the share a prototype spread evenly over the image would get (the mean
             object fraction of the cells), drawn as a dashed line.
         ax: matplotlib axes (default: a new figure).
+        background: index of the background prototype (:func:`background_prototype`), marked
+            with a red dot above its bars and "● bg" in its tick label, as in the paper's Fig. 2.
 
     Returns:
         The matplotlib figure.
@@ -91,7 +121,11 @@ def plot_object_share(shares: Mapping[str, Sequence[float]], chance: float, ax=N
         ax.bar(np.arange(k) + (i - (len(shares) - 1) / 2) * width, v, width, label=name,
                color=f"C{i}", alpha=0.85)
     ax.axhline(chance, color="black", ls="--", lw=1, label=f"even spread ({chance:.2f})")
-    ax.set_xticks(range(k), [f"c{j}" for j in range(k)])
+    if background is not None:
+        top = max(float(np.asarray(v, dtype=float)[background]) for v in shares.values())
+        ax.plot([background], [min(top + 0.06, 0.97)], "o", color="red", ms=6,
+                label="background prototype")
+    ax.set_xticks(range(k), prototype_row_names(k, background))
     ax.set_xlabel("prototype")
     ax.set_ylabel("weight share on the object")
     ax.set_ylim(0, 1)
