@@ -364,24 +364,64 @@ def comparison_table(summary: Mapping[str, Mapping[str, tuple[float, float]]],
     return "\n".join(lines)
 
 
+def validation_split(bench: Benchmark, fraction: float = 0.25) -> tuple[Benchmark, Benchmark]:
+    """Hold out some *training* classes for choices made on data (which head to refine).
+
+    Args:
+        bench: the benchmark.
+        fraction: share of the training classes held out (at least 2 classes are held out
+            and at least 2 kept, so both sides can be evaluated by retrieval).
+
+    Returns:
+        ``(fit, validation)``: ``fit`` trains on the remaining training classes (ids
+        ``0 … C'−1``) and keeps the unseen test classes; ``validation`` has the held-out
+        training classes as its test side. The test classes are never used to choose.
+    """
+    from dmlviz.data import class_disjoint_split
+
+    n = len(bench.train_labels.unique())
+    if not 0 < fraction < 1 or n < 4:
+        raise ValueError(f"validation_split needs 0 < fraction < 1 and at least 4 training "
+                         f"classes, got fraction={fraction!r} and {n} classes")
+    n_val = min(max(round(n * fraction), 2), n - 2)
+    fit_idx, val_idx = class_disjoint_split(bench.train_labels, train_fraction=(n - n_val) / n)
+    pick = lambda maps, idx: (maps[0][idx], maps[1][idx])  # noqa: E731
+    _, fit_labels = bench.train_labels[fit_idx].unique(return_inverse=True)
+    fit = Benchmark(bench.name, pick(bench.train_maps, fit_idx), fit_labels,
+                    bench.test_maps, bench.test_labels)
+    val = Benchmark(f"{bench.name} (validation)", fit.train_maps, fit_labels,
+                    pick(bench.train_maps, val_idx), bench.train_labels[val_idx])
+    return fit, val
+
+
 def run_benchmark(bench: Benchmark, methods: Sequence[str], seeds: Sequence[int], *,
                   embedding_dim: int = 64, epochs: int = 10, device: str | torch.device = "auto",
-                  options: Mapping[str, Mapping] | None = None, progress: bool = True):
+                  options: Mapping[str, Mapping] | None = None, validation: float | None = 0.25,
+                  progress: bool = True):
     """Train and evaluate every method with every seed on one benchmark.
 
     Batches hold P = min(8, training classes) classes × 4 images (digits have only 5
-    training classes), the same for every method.
+    training classes), the same for every method. With ``validation``, that share of the
+    training classes is held out (:func:`validation_split`): heads train on the rest, and
+    each seed's metrics gain ``"val_recall@1"`` (Recall@1 on the held-out training classes),
+    the number to choose by.
 
     Returns:
         ``(per_seed, embeddings)``: ``{method: [embedding_metrics(...) per seed]}`` and
-        ``{method: [(train embeddings, test embeddings) per seed]}`` (CPU tensors).
+        ``{method: [(train embeddings, test embeddings) per seed]}`` (CPU tensors; training
+        embeddings of the classes the heads trained on).
     """
     from tqdm.auto import tqdm
+
+    from dmlviz.metrics import retrieval_metrics
 
     for name in methods:
         _check_method(name)
     if not seeds:
         raise ValueError("seeds must name at least one seed")
+    val = None
+    if validation:
+        bench, val = validation_split(bench, validation)
     per_seed = {name: [] for name in methods}
     embeddings = {name: [] for name in methods}
     jobs = [(name, s) for s in seeds for name in methods]
@@ -392,39 +432,11 @@ def run_benchmark(bench: Benchmark, methods: Sequence[str], seeds: Sequence[int]
                                device=device, options=options)
         train_emb = embed_maps(name, head, bench.train_maps, device=device)
         test_emb = embed_maps(name, head, bench.test_maps, device=device)
-        per_seed[name].append(embedding_metrics(test_emb, bench.test_labels, seed=s))
+        metrics = embedding_metrics(test_emb, bench.test_labels, seed=s)
+        if val is not None:
+            val_emb = embed_maps(name, head, val.test_maps, device=device)
+            metrics["val_recall@1"] = retrieval_metrics(val_emb, val.test_labels, ks=(1,),
+                                                        nmi=False)["recall@1"]
+        per_seed[name].append(metrics)
         embeddings[name].append((train_emb, test_emb))
     return per_seed, embeddings
-
-
-def paired_differences(per_seed: Mapping[str, Sequence[Mapping[str, float]]], a: str, b: str,
-                       metric: str = "recall@1") -> list[float]:
-    """``metric(a) − metric(b)`` seed by seed (same seed: same batches and initial state of
-    the shared parts, so the pairing removes part of the seed noise)."""
-    for row in (a, b):
-        if row not in per_seed:
-            raise ValueError(f"row {row!r} is not in the results; rows: {tuple(per_seed)}")
-    return [float(x[metric]) - float(y[metric]) for x, y in zip(per_seed[a], per_seed[b],
-                                                                  strict=True)]
-
-
-def verdict(diffs: Sequence[float], claim: str = "higher") -> str:
-    """A plain-words verdict on a claimed direction from paired per-seed differences.
-
-    ``"reproduced"`` when every seed's difference has the claimed sign (``claim`` is
-    ``"higher"`` or ``"lower"``), ``"reversed"`` when every seed has the opposite sign,
-    otherwise ``"not established (mixed signs over seeds)"``; the number of seeds is part of
-    the sentence, since two seeds agreeing is weak evidence.
-    """
-    if claim not in ("higher", "lower"):
-        raise ValueError(f"claim must be 'higher' or 'lower', got {claim!r}")
-    if not diffs:
-        raise ValueError("diffs is empty: need at least one seed")
-    sign = 1 if claim == "higher" else -1
-    n = len(diffs)
-    if all(sign * d > 0 for d in diffs):
-        return f"reproduced on {n}/{n} seeds"
-    if all(sign * d < 0 for d in diffs):
-        return f"reversed on {n}/{n} seeds"
-    agree = sum(sign * d > 0 for d in diffs)
-    return f"not established ({agree}/{n} seeds in the claimed direction)"

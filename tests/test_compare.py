@@ -75,18 +75,6 @@ def test_summarise_mean_std_and_single_seed_nan():
     assert "0.600 ± 0.141" in table and "| b | 0.400 |" in table
 
 
-def test_paired_differences_and_verdicts():
-    runs = {"a": [{"m": 0.6}, {"m": 0.5}], "b": [{"m": 0.5}, {"m": 0.55}]}
-    assert compare.paired_differences(runs, "a", "b", "m") == pytest.approx([0.1, -0.05])
-    with pytest.raises(ValueError, match="not in the results"):
-        compare.paired_differences(runs, "a", "c", "m")
-    assert compare.verdict([0.1, 0.2]) == "reproduced on 2/2 seeds"
-    assert compare.verdict([0.1, 0.2], "lower") == "reversed on 2/2 seeds"
-    assert compare.verdict([0.1, -0.05]).startswith("not established (1/2")
-    with pytest.raises(ValueError, match="'higher' or 'lower'"):
-        compare.verdict([0.1], "bigger")
-
-
 def test_method_costs_counts_the_head_alone():
     costs = compare.method_costs(["baseline"], LOCAL, GLOBAL, embedding_dim=8, repeats=1,
                                  batch_size=2, device="cpu")
@@ -107,3 +95,18 @@ def test_per_class_subsample_keeps_every_class():
     idx = compare._per_class(labels, 4, seed=0)
     assert torch.bincount(labels[idx]).tolist() == [4, 4, 4]
     assert len(compare._per_class(labels, None, seed=0)) == 30
+
+
+def test_validation_split_holds_out_training_classes_only():
+    """Choices are made on held-out *training* classes: the validation side never holds a test
+    class, the fit side trains on the remaining ids 0 … C'−1 and keeps the test side as is."""
+    labels = torch.arange(8).repeat_interleave(3)
+    local, glob = _maps(len(labels))
+    bench = compare.Benchmark("toy", (local, glob), labels, (local[:6], glob[:6]),
+                              torch.tensor([20, 20, 21, 21, 22, 22]))
+    fit, val = compare.validation_split(bench, 0.25)
+    assert fit.train_labels.unique().tolist() == list(range(6))
+    assert val.test_labels.unique().tolist() == [6, 7]
+    assert fit.test_labels is bench.test_labels
+    with pytest.raises(ValueError, match="at least 4 training classes"):
+        compare.validation_split(compare.validation_split(fit, 0.5)[1], 0.5)

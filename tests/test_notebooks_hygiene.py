@@ -55,3 +55,32 @@ def test_markdown_title_first(nb):
     first = nb.cells[0]
     assert first.cell_type == "markdown" and first.source.startswith("# "), \
         "the first cell must be a markdown title '# ...'"
+
+
+def test_papermill_reads_every_parameter(nb):
+    """papermill's parser gives up on some comments (an apostrophe, for one) and then silently
+    drops the parameter from ``dmlviz list`` and from what ``-p`` may set."""
+    from papermill.translators import PythonTranslator
+
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    names = [node.targets[0].id for node in ast.parse(cell.source).body
+             if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)]
+    parsed = [p.name for p in PythonTranslator.inspect(cell)]
+    assert parsed == names, f"papermill reads {parsed}, the cell assigns {names}"
+
+
+def test_claims_come_from_the_ledger(nb):
+    """A notebook that tests a paper's claims does so through ``dmlviz.claims`` and shows its
+    claims table; every claim it assesses is registered for that notebook."""
+    from dmlviz.claims import CLAIMS
+
+    title = nb.cells[0].source.splitlines()[0]
+    if title.startswith("# 00"):
+        return
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert "claims.table()" in code, "no cell shows the claims table (claims.table())"
+    name = next(p.stem for p in PATHS if title[2:4] == p.stem[:2])
+    for literal in ast.walk(ast.parse(code)):
+        if isinstance(literal, ast.Constant) and literal.value in CLAIMS:
+            assert CLAIMS[literal.value].notebook == name, \
+                f"{literal.value} is registered for {CLAIMS[literal.value].notebook}, not {name}"

@@ -20,13 +20,14 @@ BASELINE = ROOT / "tests" / "baselines" / "quick.json"
 NAMES = sorted(p.stem for p in NOTEBOOK_DIR.glob("*.ipynb") if not p.name.startswith((".", "_")))
 
 
-def run_and_check(name: str, device: str, tmp_path: Path) -> dict:
+def run_and_check(name: str, device: str, tmp_path: Path, claims_ledger: list) -> dict:
     entries = baseline.baseline_entries(baseline.load_baseline(BASELINE, "quick"), name)
     assert entries, (f"tests/baselines/quick.json has no entries for {name}: run `dmlviz run "
                      f"{name} --profile quick`, then `dmlviz baseline reports/<that run>` and "
                      "replace the DEFAULT tolerances with measured ones")
     result = runner.run([name], profile="quick", device=device, out=tmp_path / "run",
                         baseline=BASELINE, notebook_dir=NOTEBOOK_DIR, progress=False)
+    claims_ledger.append(result.summary)
     nb = result.summary["notebooks"][name]
     where = f"see {result.out_dir / (nb['html'] or '')} and {result.out_dir / (nb['log'] or '')}"
     assert nb["status"] == "ok", f"{name}: {nb['status']}: {nb['error']}; {where}"
@@ -37,15 +38,15 @@ def run_and_check(name: str, device: str, tmp_path: Path) -> dict:
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("name", NAMES)
-def test_notebook_quick_cpu(name, tmp_path):
-    summary = run_and_check(name, "cpu", tmp_path)
+def test_notebook_quick_cpu(name, tmp_path, claims_ledger):
+    summary = run_and_check(name, "cpu", tmp_path, claims_ledger)
     assert summary["device_resolved"] == "cpu"
 
 
 @pytest.mark.gpu
 @pytest.mark.notebook
 @pytest.mark.parametrize("name", NAMES)
-def test_notebook_quick_cuda(name, tmp_path):
-    summary = run_and_check(name, "cuda", tmp_path)
+def test_notebook_quick_cuda(name, tmp_path, claims_ledger):
+    summary = run_and_check(name, "cuda", tmp_path, claims_ledger)
     assert summary["device_resolved"] == "cuda"
     assert summary["notebooks"][name]["parameters"]["device"] == "cuda"
