@@ -143,7 +143,7 @@ def load_registry(path: str | Path = REGISTRY) -> dict[str, Claim]:
     data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     claims: dict[str, Claim] = {}
     for entry in data.get("claim", []):
-        claim = _check_claim(Claim(**entry))
+        claim = _check_claim(Claim(**{"b": None, **entry}))  # no b: compared with bound
         if claim.id in claims:
             raise ValueError(f"{path}: claim id {claim.id!r} appears twice")
         claims[claim.id] = claim
