@@ -54,6 +54,13 @@ PAPERS = {
     "aia": "aia-attention-in-attention-kernels-tpami.txt",
     "refine": "refine-attend-to-context-neighbours.txt",
 }
+PAPER_TITLES = {
+    "csalr": "CSALR — Chen et al., IJCAI-20",
+    "soa": "Global + local features, SOA, hybrid loss — Ebrahimpour et al.",
+    "crt": "CRT — Kan et al., NeurIPS 2022",
+    "aia": "Attention in Attention — Fang et al., TPAMI",
+    "refine": "Neighbour refinement — \"Attend to context…\" (ICLR submission)",
+}
 
 
 @dataclass(frozen=True)
@@ -121,7 +128,9 @@ class Result:
 
     def as_dict(self) -> dict:
         claim = CLAIMS[self.id]
-        return {**asdict(self), "paper": claim.paper, "where": claim.where, "quote": claim.quote,
+        return {**asdict(self), "paper": claim.paper,
+                "paper_title": PAPER_TITLES[claim.id.split(".")[0]], "where": claim.where,
+                "quote": claim.quote,
                 "compared": claim.compared, "notebook": claim.notebook}
 
 

@@ -57,7 +57,7 @@ def _counts(rows: list[dict]) -> str:
 def _by_paper(rows: list[dict]) -> dict[str, list[dict]]:
     papers: dict[str, list[dict]] = {}
     for r in rows:
-        papers.setdefault(r.get("paper", "?"), []).append(r)
+        papers.setdefault(r.get("paper_title") or r.get("paper", "?"), []).append(r)
     return papers
 
 
