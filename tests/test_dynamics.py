@@ -98,6 +98,11 @@ def test_figures_and_animation_have_one_panel_or_frame_per_step():
     fig = dynamics.plot_recall_per_step({"T=4": [0.5, 0.55, 0.6, 0.6, 0.61]})
     assert len(fig.axes[0].get_lines()) == 1
     plt.close(fig)
+    per_seed = [[0.5, 0.6, 0.7], [0.4, 0.5, 0.5]]  # (S=2, T+1=3): two thin lines and the mean
+    fig = dynamics.plot_recall_per_step({"T=2": per_seed})
+    lines = fig.axes[0].get_lines()
+    assert len(lines) == 3 and list(lines[-1].get_ydata()) == pytest.approx([0.45, 0.55, 0.6])
+    plt.close(fig)
     fig = dynamics.plot_step_geometry(dynamics.step_geometry(steps, labels))
     assert len(fig.axes) == 2  # the ratio on a twin axis
     plt.close(fig)

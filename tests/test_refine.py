@@ -244,6 +244,13 @@ def test_fit_refiner_contexts_and_early_stopping():
     assert history.eval_epochs == [0, 1, 2, 3] and 1 <= stopped.trained_epochs <= 3
     best = max(range(1, 4), key=lambda i: (history.metrics["recall@1"][i], -i))
     assert stopped.trained_epochs == best
+    val_x, val_y = torch.randn(16, 8, generator=g), torch.arange(2).repeat_interleave(8)
+    held, history = fit_refiner(x, labels, early_stopping=(val_x, val_y), **kw)
+    best = max(range(1, 4), key=lambda i: (history.metrics["recall@1"][i], -i))
+    assert held.trained_epochs == best
+    plain, _ = fit_refiner(x, labels, **{**kw, "epochs": best})  # the same run, stopped there
+    for pa, pb in zip(held.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb)
     with pytest.raises(ValueError, match="contexts must be"):
         fit_refiner(x, labels, contexts=torch.randn(48, 4, 5), **kw)
 

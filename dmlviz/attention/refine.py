@@ -87,7 +87,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dmlviz.checks import as_tensor, check_embeddings, check_int, check_labels
+from dmlviz.checks import as_tensor, check_embeddings, check_finite, check_int, check_labels
 
 __all__ = [
     "PARAMETER_FREE",
@@ -119,6 +119,7 @@ def _check_pair(e0, context, dim: int | None = None, *, context_required: bool =
         raise ValueError(f"e0 must be a float tensor (B, D), got {got}")
     if dim is not None and e0.shape[1] != dim:
         raise ValueError(f"e0 must have D = {dim} (the refiner's dim), got shape {tuple(e0.shape)}")
+    check_finite(e0, "e0")  # one NaN query would stay NaN through every block
     if context is None:
         if context_required:
             raise ValueError("context (B, K, D) is required for this variant, got None")
@@ -130,6 +131,7 @@ def _check_pair(e0, context, dim: int | None = None, *, context_required: bool =
     if context.shape[0] != e0.shape[0] or context.shape[2] != e0.shape[1] or context.shape[1] < 1:
         raise ValueError(f"context must be (B, K, D) with B = {e0.shape[0]}, K >= 1 and "
                          f"D = {e0.shape[1]} as e0, got shape {tuple(context.shape)}")
+    check_finite(context, "context", "context")
 
 
 def _check_indexed(e0, reference, indices, dim: int) -> None:
@@ -698,11 +700,13 @@ def fit_refiner(
         num_blocks, num_heads, variant: see :class:`NeighborRefiner`.
         contexts: ``(N, K, D)`` training contexts to use instead of the kNN ones (e.g.
             :func:`purity_matched_contexts`); None builds them.
-        early_stopping: a fraction of the training *classes* (seeded choice) held out: the
-            refiner trains on the others for up to ``epochs`` epochs, Recall@1 on the held-out
-            classes (contexts from their own rows, as a test gallery) is measured after every
-            epoch, and the returned refiner is the one after the best epoch (retrained to it;
-            training is deterministic). Its ``trained_epochs`` attribute says which.
+        early_stopping: held-out classes to stop on — a pair ``(embeddings, labels)`` (best
+            when the base model never saw them either), or a fraction of the training
+            *classes* (seeded choice) taken out of ``embeddings``. The refiner trains on the
+            rest for up to ``epochs`` epochs, Recall@1 on the held-out classes (contexts from
+            their own rows, as a test gallery) is measured after every epoch, and the returned
+            refiner is the one after the earliest best epoch ≥ 1 (retrained to it; training is
+            deterministic). Its ``trained_epochs`` attribute says which.
         test_embeddings, test_labels: unseen classes, contexts from their own gallery, for
             the periodic Recall@K of :func:`dmlviz.train.fit` (optional; ignored with
             ``early_stopping``).
@@ -750,26 +754,37 @@ def fit_refiner(
                           epochs=epochs, eval_every=eval_every, **train_kw, **test)
             refiner.trained_epochs = epochs
             return refiner.cpu().eval(), history
-        if not 0.0 < float(early_stopping) < 1.0:
-            raise ValueError(f"early_stopping must be None or a fraction in (0, 1), got {early_stopping}")
-        classes = labels.unique()
-        n_val = max(1, round(float(early_stopping) * len(classes)))
-        if len(classes) - n_val < 2:
-            raise ValueError(f"early_stopping = {early_stopping} leaves {len(classes) - n_val} of "
-                             f"{len(classes)} training classes to train on; at least 2 are needed")
-        g = torch.Generator().manual_seed(derive_seed(seed, 1))
-        held = classes[torch.randperm(len(classes), generator=g)[:n_val]]
-        val = torch.isin(labels, held)
-        fit_rows = ~val
-        # the classes that train find their neighbours among themselves (no held-out rows)
-        fit_ctx = (contexts[fit_rows] if contexts is not None
-                   else build_contexts(embeddings[fit_rows], k)[0])  # (N_fit, K, D)
-        val_ctx, _ = build_contexts(embeddings[val], k)  # held-out classes: their own gallery
-        inputs = (embeddings[fit_rows], fit_ctx)
+        if isinstance(early_stopping, (tuple, list)):  # held-out classes given
+            if len(early_stopping) != 2:
+                raise ValueError("early_stopping must be a fraction or a pair (embeddings, labels) "
+                                 f"of held-out classes, got a sequence of {len(early_stopping)}")
+            val_e = as_tensor(early_stopping[0], "early_stopping embeddings").float()
+            val_y = check_labels(early_stopping[1], "early_stopping labels")
+            check_embeddings(val_e, val_y, name="early_stopping embeddings")
+            fit_e, fit_y = embeddings, labels
+            fit_ctx = contexts if contexts is not None else build_contexts(embeddings, k)[0]
+        else:
+            if not 0.0 < float(early_stopping) < 1.0:
+                raise ValueError("early_stopping must be None, a fraction in (0, 1) or a pair "
+                                 f"(embeddings, labels), got {early_stopping}")
+            classes = labels.unique()
+            n_val = max(1, round(float(early_stopping) * len(classes)))
+            if len(classes) - n_val < 2:
+                raise ValueError(f"early_stopping = {early_stopping} leaves {len(classes) - n_val} "
+                                 f"of {len(classes)} training classes to train on; at least 2 are "
+                                 "needed")
+            g = torch.Generator().manual_seed(derive_seed(seed, 1))
+            held = classes[torch.randperm(len(classes), generator=g)[:n_val]]
+            val = torch.isin(labels, held)
+            fit_e, fit_y, val_e, val_y = embeddings[~val], labels[~val], embeddings[val], labels[val]
+            # the classes that train find their neighbours among themselves (no held-out rows)
+            fit_ctx = (contexts[~val] if contexts is not None
+                       else build_contexts(fit_e, k)[0])  # (N_fit, K, D)
+        val_ctx, _ = build_contexts(val_e, k)  # held-out classes: their own gallery
+        inputs = (fit_e, fit_ctx)
         run = new_refiner()
-        history = fit(run, MultiSimilarityLoss(), inputs, labels[fit_rows], epochs=epochs,
-                      eval_every=1, test_inputs=(embeddings[val], val_ctx),
-                      test_labels=labels[val], **train_kw)
+        history = fit(run, MultiSimilarityLoss(), inputs, fit_y, epochs=epochs, eval_every=1,
+                      test_inputs=(val_e, val_ctx), test_labels=val_y, **train_kw)
         scores = history.metrics["recall@1"]  # at eval_epochs 0, 1, …, epochs
         best = max(range(1, len(scores)), key=lambda i: (scores[i], -i))  # earliest best epoch ≥ 1
         best_epoch = history.eval_epochs[best]
@@ -777,7 +792,7 @@ def fit_refiner(
         if best_epoch == epochs:
             refiner.load_state_dict(run.state_dict())
         else:
-            fit(refiner, MultiSimilarityLoss(), inputs, labels[fit_rows], epochs=best_epoch,
+            fit(refiner, MultiSimilarityLoss(), inputs, fit_y, epochs=best_epoch,
                 eval_every=best_epoch, **train_kw)
         refiner.trained_epochs = best_epoch
         return refiner.cpu().eval(), history

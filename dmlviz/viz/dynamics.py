@@ -195,10 +195,22 @@ def step_animation(maps: np.ndarray, labels, movers=None, class_names=None, titl
 
 
 def plot_recall_per_step(curves: dict[str, list[float]], ax=None, ylabel: str = "Recall@1"):
-    """Recall (or any metric) at every step e⁰ … e^T, one line per run (Fig. 3)."""
+    """Recall (or any metric) at every step e⁰ … e^T, one line per run (Fig. 3).
+
+    A value of ``curves`` is one curve ``(T+1,)``, or one curve per seed ``(S, T+1)``: then
+    each seed is a thin line and their mean a thick one, in one colour.
+    """
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3.4))
-    for name, values in curves.items():
+    for i, (name, values) in enumerate(curves.items()):
+        values = np.asarray(values, dtype=float)
+        if values.ndim == 2:
+            colour = f"C{i % 10}"
+            for row in values:
+                ax.plot(range(values.shape[1]), row, color=colour, lw=0.7, alpha=0.45)
+            ax.plot(range(values.shape[1]), values.mean(0), color=colour, marker="o", ms=3,
+                    lw=2, label=f"{name} (mean of {len(values)} seeds)")
+            continue
         ax.plot(range(len(values)), values, marker="o", ms=3, label=name)
     ax.set(xlabel="refinement step t", ylabel=ylabel)
     ax.grid(alpha=0.3)
