@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dmlviz import report, runner
+from dmlviz import report, run_checks, runner
 from dmlviz.baseline import make_baseline
 
 
@@ -84,6 +84,7 @@ def _list(args) -> int:
 
 def _run(args) -> int:
     params = {name: runner.parse_value(value) for name, value in args.parameter}
+    params = run_checks.check_run_arguments(args, params)  # exit 2 before any notebook starts
     baseline = None if args.baseline.lower() == "none" else args.baseline
     result = runner.run(args.names, profile=args.profile, device=args.device,
                         parameters=params, out=args.out, jobs=args.jobs, timeout=args.timeout,

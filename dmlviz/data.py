@@ -421,7 +421,8 @@ def load_embeddings(
                          f"{len(labels)} entries; they must match")
     if embeddings.shape[0] < 1 or embeddings.shape[1] < 1:
         raise ValueError(f"{embeddings_key!r} in {str(path)!r} is empty, shape {embeddings.shape}")
-    embeddings = torch.from_numpy(embeddings.astype(np.float32))  # float64 overflow → inf, caught
+    with np.errstate(over="ignore"):  # a float64 beyond float32 becomes inf: counted below
+        embeddings = torch.from_numpy(embeddings.astype(np.float32))
     labels = torch.from_numpy(labels.astype(np.int64))
     bad = nonfinite_rows(embeddings)
     if bool(bad.any()):

@@ -438,8 +438,10 @@ def run(notebooks: list[str] | tuple[str, ...] = ("all",), *, profile: str = "qu
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     timeout = DEFAULT_TIMEOUT[profile] if timeout is None else timeout
-    if timeout <= 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout}")
+    from dmlviz.run_checks import check_timeout
+
+    check_timeout(timeout, "timeout")  # finite and > 0: NaN, inf, 0 are refused
+    timeout = int(-(-timeout // 1))  # nbclient takes whole seconds: 2.5 → 3
     available = discover(notebook_dir)
     chosen = select([notebooks] if isinstance(notebooks, str) else list(notebooks), available)
     if not chosen:
