@@ -112,14 +112,21 @@ class MultiSimilarityLoss(nn.Module):
     Args:
         alpha: scale α of the positive pairs (> 0).
         beta: scale β of the negative pairs (> 0).
-        base: similarity margin λ.
+        base: similarity margin λ (σ in Ebrahimpour et al.'s eq. 6).
+        negative_base: the margin of the negative term, ``e^{β(S_ik − negative_base)}``;
+            ``None`` (default) uses ``base``, as in Wang et al. and PML. Ebrahimpour et al.
+            print eq. (6) with ``e^{β(S_ik + σ)}``: that literal reading is
+            ``negative_base=-base``.
     """
 
-    def __init__(self, alpha: float = 2.0, beta: float = 50.0, base: float = 0.5) -> None:
+    def __init__(self, alpha: float = 2.0, beta: float = 50.0, base: float = 0.5,
+                 negative_base: float | None = None) -> None:
         super().__init__()
         self.alpha = _check_number(alpha, "alpha", positive=True)
         self.beta = _check_number(beta, "beta", positive=True)
         self.base = _check_number(base, "base")
+        self.negative_base = (None if negative_base is None
+                              else _check_number(negative_base, "negative_base"))
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Args: embeddings ``(B, D)`` float; labels ``(B,)`` int, at least 2 classes.
@@ -131,11 +138,13 @@ class MultiSimilarityLoss(nn.Module):
         eye = torch.eye(len(labels), dtype=torch.bool, device=sim.device)
         pos_mask, neg_mask = same & ~eye, ~same
         pos = _log1p_sum_exp(-self.alpha * (sim - self.base), pos_mask, dim=1) / self.alpha
-        neg = _log1p_sum_exp(self.beta * (sim - self.base), neg_mask, dim=1) / self.beta
+        neg_base = self.base if self.negative_base is None else self.negative_base
+        neg = _log1p_sum_exp(self.beta * (sim - neg_base), neg_mask, dim=1) / self.beta
         return (pos + neg).mean()  # eq. (MS): 1/B Σ_i over all anchors
 
     def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, beta={self.beta}, base={self.base}"
+        extra = "" if self.negative_base is None else f", negative_base={self.negative_base}"
+        return f"alpha={self.alpha}, beta={self.beta}, base={self.base}{extra}"
 
 
 class ProxyAnchorLoss(nn.Module):

@@ -159,6 +159,7 @@ def fit(
     device: str | torch.device = "auto",
     cache: bool = True,
     progress: bool = True,
+    metric_kwargs: dict | None = None,
 ) -> History:
     """Train ``model`` in place with ``loss`` on P×K batches; return the :class:`History`.
 
@@ -180,6 +181,8 @@ def fit(
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         cache: load/save the trained weights in the checkpoint cache.
         progress: show a progress bar over epochs.
+        metric_kwargs: keyword arguments of :func:`dmlviz.metrics.retrieval_metrics` for the
+            periodic test metrics, e.g. ``{"nmi": False}`` to skip the k-means per epoch.
 
     Returns:
         The training history; ``model`` (and ``loss``) hold the trained weights, in eval mode.
@@ -215,6 +218,9 @@ def fit(
     config = dict(model=repr(model), loss=repr(loss), epochs=epochs, p=p, k=k,
                   lr=lr, loss_lr=loss_lr, weight_decay=weight_decay, eval_every=eval_every,
                   seed=seed, test=test_labels is not None, version=1)
+    if metric_kwargs:  # only when given, so the keys of earlier runs stay valid
+        config["metric_kwargs"] = dict(metric_kwargs)
+    metric_kwargs = dict(metric_kwargs or {})
     key = digest(config, model.state_dict(), loss.state_dict(), inputs, labels,
                  test_inputs if test_inputs is not None else [])
     path = None
@@ -239,7 +245,7 @@ def fit(
 
     history = History()
     if test_inputs is not None:
-        history.add_eval(0, evaluate(model, test_inputs, test_labels, device))
+        history.add_eval(0, evaluate(model, test_inputs, test_labels, device, **metric_kwargs))
     bar = tqdm(range(1, epochs + 1), desc=f"fit {type(model).__name__}", disable=not progress)
     for epoch in bar:
         model.train()
@@ -268,7 +274,8 @@ def fit(
         history.loss.append(total / len(sampler))
         shown = {"loss": f"{history.loss[-1]:.3f}"}
         if test_inputs is not None and (epoch % eval_every == 0 or epoch == epochs):
-            history.add_eval(epoch, evaluate(model, test_inputs, test_labels, device))
+            history.add_eval(epoch, evaluate(model, test_inputs, test_labels, device,
+                                             **metric_kwargs))
             shown["R@1"] = f"{history.metrics['recall@1'][-1]:.3f}"
         bar.set_postfix(shown)
     model.eval()

@@ -345,3 +345,22 @@ def test_report_max_abs_diff():
     for name, diff in sorted(MAX_DIFF.items()):
         print(f"max |ours - PML| {name}: {diff:.3e}")
         assert diff < ATOL
+
+
+def test_ms_negative_base_is_the_margin_of_the_negative_term():
+    """Ebrahimpour et al. print eq. (6) with exp(β(S_ik + σ)) in the negative term; Wang et
+    al. have exp(β(S_ik − σ)). negative_base=None is the latter (the PML loss); the literal
+    print is negative_base = −σ, checked against the explicit sum for one anchor set."""
+    torch.manual_seed(0)
+    e, y = torch.randn(6, 3, dtype=torch.float64), torch.tensor([0, 0, 1, 1, 2, 2])
+    x = torch.nn.functional.normalize(e, dim=1)
+    s = x @ x.T
+    same = y[:, None] == y[None, :]
+    eye = torch.eye(6, dtype=torch.bool)
+    for negative_base, shift in ((None, 0.5), (-0.5, -0.5), (0.2, 0.2)):
+        loss = MultiSimilarityLoss(2.0, 4.0, 0.5, negative_base=negative_base)
+        pos = torch.log1p((torch.exp(-2.0 * (s - 0.5)) * (same & ~eye)).sum(1)) / 2.0
+        neg = torch.log1p((torch.exp(4.0 * (s - shift)) * ~same).sum(1)) / 4.0
+        assert loss(e, y).item() == pytest.approx((pos + neg).mean().item(), rel=1e-12)
+    with pytest.raises(ValueError, match="negative_base must be a finite number"):
+        MultiSimilarityLoss(negative_base=float("nan"))

@@ -11,8 +11,12 @@ import torch.nn.functional as F
 from dmlviz.attention.second_order import (
     GlobalLocalEmbedder,
     SecondOrderAttention,
+    embed_intervened,
+    epochs_to_converge,
     fit_global_local,
+    gap_decomposition,
     gap_gmp,
+    intervene,
     local_global_maps,
     make_loss,
     object_attention_mass,
@@ -305,3 +309,172 @@ def test_soa_figures():
     stats["object_to_object"] = stats["object_chance"] = 0.25
     assert plot_object_mass({"trained": stats}).axes
     matplotlib.pyplot.close("all")
+
+
+# ----------------------------------------------------------------------------- interventions, GAP identity
+
+def _trained_like_block(order: int = 2, seed: int = 0) -> SecondOrderAttention:
+    """A float64 block with random q, k, v and a random (non-zero) φ, like a trained one."""
+    torch.manual_seed(seed)
+    block = SecondOrderAttention(6, 3, zeta=0.8, order=order).double()
+    _randomise_phi(block, seed)
+    return block
+
+
+def test_gap_identity_holds_exactly():
+    """Eq. (2), f_soa = f + φ(a × v), with φ "yet another 1×1 convolution": averaging over
+    positions i, GAP(f_soa) = GAP(f) + φ(Σ_j ā_j v_j) with ā_j = 1/N Σ_i a_ij — checked
+    against an explicit double loop over queries i and keys j."""
+    block = _trained_like_block().requires_grad_(False)
+    x = torch.randn(2, 6, 3, 4, dtype=torch.float64)
+    parts = gap_decomposition(block, x)
+    assert torch.allclose(parts["gap_f_soa"], parts["gap_f_plus_phi"], atol=1e-12, rtol=0)
+    _, a = block(x, return_maps=True)
+    v = block.value(x).flatten(2)  # (B, C', N)
+    n = a.shape[1]
+    for b in range(2):  # slow loop: ā_j = 1/N Σ_i a_ij, then Σ_j ā_j v_j
+        abar = [sum(float(a[b, i, j]) for i in range(n)) / n for j in range(n)]
+        pooled = sum(abar[j] * v[b, :, j] for j in range(n))
+        rhs = x[b].mean(dim=(1, 2)) + block.phi.weight[:, :, 0, 0] @ pooled + block.phi.bias
+        assert torch.allclose(parts["gap_f_soa"][b], rhs, atol=1e-12)
+        assert parts["abar"][b].tolist() == pytest.approx(abar, abs=1e-14)
+
+
+@pytest.mark.parametrize("mode", ["mean_row", "shuffle_rows"])
+def test_mean_row_and_shuffled_rows_leave_gap_unchanged(mode):
+    """GAP(f_soa) = GAP(f) + φ(Σ_j ā_j v_j) depends on the attention only through its
+    column means ā: replacing every row by ā, or permuting the rows between queries,
+    leaves the GAP half of eq. (4) exactly as it was (and changes GMP)."""
+    block = _trained_like_block()
+    x = torch.randn(3, 6, 4, 4, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(1)
+    y = block(x)
+    y_edit, a_edit = block(x, return_maps=True, edit=lambda a: intervene(a, mode, gen))
+    assert torch.allclose(a_edit.sum(-1), torch.ones(3, 16, dtype=torch.float64))
+    assert torch.allclose(y.mean(dim=(2, 3)), y_edit.mean(dim=(2, 3)), atol=1e-12, rtol=0)
+    assert not torch.allclose(y.amax(dim=(2, 3)), y_edit.amax(dim=(2, 3)), atol=1e-6)
+
+
+def test_interventions_by_hand():
+    """The three interventions on a hand-made 2-query attention: the mean row, the rows
+    swapped, uniform 1/N; 'none' returns the attention itself."""
+    a = torch.tensor([[[0.9, 0.1], [0.3, 0.7]]])
+    assert torch.allclose(intervene(a, "mean_row"), torch.tensor([[[0.6, 0.4], [0.6, 0.4]]]))
+    assert torch.equal(intervene(a, "uniform"), torch.full((1, 2, 2), 0.5))
+    assert intervene(a, "none") is a
+    seen = set()
+    for s in range(20):
+        out = intervene(a, "shuffle_rows", torch.Generator().manual_seed(s))
+        seen.add(tuple(round(v, 6) for v in out[0, :, 0].tolist()))
+        assert sorted(out[0].tolist()) == sorted(a[0].tolist())  # same rows, permuted
+    assert seen == {(0.9, 0.3), (0.3, 0.9)}
+    with pytest.raises(ValueError, match="mode must be one of"):
+        intervene(a, "reverse")
+    with pytest.raises(ValueError, match=r"attn must be a tensor \(B, N, N\)"):
+        intervene(a[0], "uniform")
+
+
+def test_uniform_intervention_equals_zeta_zero():
+    """ζ = 0 in eq. (1) gives a_ij = 1/N: the 'uniform' intervention on any block equals the
+    same block with ζ = 0."""
+    block = _trained_like_block()
+    x = torch.randn(2, 6, 3, 3, dtype=torch.float64)
+    y_uniform = block(x, edit=lambda a: intervene(a, "uniform"))
+    block.zeta = 0.0
+    assert torch.allclose(y_uniform, block(x), atol=1e-12)
+
+
+def test_first_order_control_same_parameters_and_query_independent():
+    """The first-order control: one saliency per image, s = softmax_j(ζ q̄ᵀk_j) with q̄ the
+    mean query, same for every query, with exactly the parameters of the SOA block; it is
+    unchanged by the mean-row and shuffled-rows interventions (its rows are all equal)."""
+    soa, first = _trained_like_block(2), _trained_like_block(1)
+    assert [p.shape for p in soa.parameters()] == [p.shape for p in first.parameters()]
+    assert all(torch.equal(p, q) for p, q in zip(soa.parameters(), first.parameters(), strict=True))
+    x = torch.randn(2, 6, 3, 4, dtype=torch.float64)
+    y, a = first(x, return_maps=True)
+    q, k = first.query(x).flatten(2), first.key(x).flatten(2)
+    for b in range(2):  # explicit formula of the saliency
+        logits = first.zeta * (q[b].mean(dim=1) @ k[b])  # (N,)
+        assert torch.allclose(a[b], torch.softmax(logits, 0).expand(12, 12), atol=1e-14)
+    for mode in ("mean_row", "shuffle_rows"):
+        edited = first(x, edit=lambda t, m=mode: intervene(t, m, torch.Generator().manual_seed(0)))
+        assert torch.allclose(edited, y, atol=1e-12)
+    with pytest.raises(ValueError, match="order must be one of"):
+        SecondOrderAttention(6, order=3)
+
+
+def test_embed_intervened_on_a_tiny_model():
+    """'none' reproduces the model's own embeddings; the first-order model is unchanged by
+    mean_row; an embedder without SOA is refused."""
+    torch.manual_seed(0)
+    model = GlobalLocalEmbedder(5, 7, 6, zeta=0.5)
+    for head in model.heads.values():
+        _randomise_phi(head)
+    local, glob = _maps()
+    assert torch.allclose(embed_intervened(model, (local, glob), "none", device="cpu"),
+                          model(local, glob), atol=1e-6)
+    changed = embed_intervened(model, (local, glob), "mean_row", device="cpu")
+    assert not torch.allclose(changed, model(local, glob), atol=1e-5)
+    first = GlobalLocalEmbedder(5, 7, 6, zeta=0.5, order=1)
+    for head in first.heads.values():
+        _randomise_phi(head)
+    assert torch.allclose(embed_intervened(first, (local, glob), "mean_row", device="cpu"),
+                          first(local, glob), atol=1e-6)
+    with pytest.raises(ValueError, match="soa=True"):
+        embed_intervened(GlobalLocalEmbedder(5, 7, 6, soa=False), (local, glob), "uniform")
+    with pytest.raises(ValueError, match="edit must return"):
+        model.heads["local"](local, edit=lambda a: a[:, :1])
+
+
+# ----------------------------------------------------------------------------- settings, convergence
+
+def test_make_loss_passes_the_papers_symbols():
+    """Sec. 4.2: "γ, β, and σ in Eq. 6 are set to 2, 50, 1"; "α and δ in Eq. 5 is set to 32
+    and 10^-1". Eq. (6) literally: (1/β) log(1 + Σ_{k∈N_i} exp(β(S_ik + σ))) — checked
+    against an explicit per-anchor loop."""
+    loss = make_loss("hybrid", 3, 4, weight=0.5, gamma=2.0, beta=50.0, sigma=1.0,
+                     alpha=16.0, delta=0.2)
+    assert (loss.pairwise.alpha, loss.pairwise.beta, loss.pairwise.base) == (2.0, 50.0, 1.0)
+    assert loss.pairwise.negative_base is None
+    assert (loss.proxy.alpha, loss.proxy.margin, loss.weight) == (16.0, 0.2, 0.5)
+    literal = make_loss("ms", 3, 4, gamma=2.0, beta=3.0, sigma=0.4, eq6="literal")
+    torch.manual_seed(0)
+    e, y = torch.randn(6, 4, dtype=torch.float64), torch.tensor([0, 0, 1, 1, 2, 2])
+    x = F.normalize(e, dim=1)
+    total = 0.0
+    for i in range(6):  # eq. (6) as printed, + σ in the negative term
+        pos = sum(math.exp(-2.0 * (float(x[i] @ x[k]) - 0.4)) for k in range(6) if k != i and y[k] == y[i])
+        neg = sum(math.exp(3.0 * (float(x[i] @ x[k]) + 0.4)) for k in range(6) if y[k] != y[i])
+        total += math.log1p(pos) / 2.0 + math.log1p(neg) / 3.0
+    assert literal(e, y).item() == pytest.approx(total / 6, rel=1e-10)
+    with pytest.raises(ValueError, match="eq6 must be one of"):
+        make_loss("ms", 3, 4, eq6="printed")
+
+
+def test_epochs_to_converge_by_hand():
+    """Epochs to make 90 % of the run's gain, interpolated: 0.5 → 0.9 (gain 0.4, target
+    0.86) between epoch 1 (0.8) and 2 (0.9): 1.6."""
+    from dmlviz.train import History
+
+    h = History(eval_epochs=[0, 1, 2, 3], metrics={"recall@1": [0.5, 0.8, 0.9, 0.85]})
+    assert epochs_to_converge(h) == pytest.approx(1.6)
+    assert epochs_to_converge(h, fraction=1.0) == pytest.approx(2.0)
+    flat = History(eval_epochs=[0, 1], metrics={"recall@1": [0.5, 0.4]})
+    assert epochs_to_converge(flat) == 0.0
+    with pytest.raises(ValueError, match="fraction"):
+        epochs_to_converge(h, fraction=0.0)
+    with pytest.raises(ValueError, match="measured from epoch 0"):
+        epochs_to_converge(History(eval_epochs=[1], metrics={"recall@1": [0.5]}))
+
+
+def test_fit_global_local_passes_loss_kwargs():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(4).repeat_interleave(6)
+    local, glob = torch.randn(24, 5, 2, 2, generator=g), torch.randn(24, 7, 1, 1, generator=g)
+    kw = dict(epochs=1, p=2, k=4, device="cpu")
+    args = ((local[:12], glob[:12]), labels[:12], (local[12:], glob[12:]), labels[12:])
+    _, h1 = fit_global_local(*args, loss="ms", seed=0, **kw)
+    _, h2 = fit_global_local(*args, loss="ms", seed=0, loss_kwargs={"sigma": 1.0}, **kw)
+    assert not h2.from_cache  # a different σ is a different run
+    assert "nmi" not in h1.metrics  # per-epoch k-means off by default

@@ -25,12 +25,24 @@ concatenated to the embedding ``e ∈ R^D``::
     e_h = W_h (GAP(f_soa,h) + GMP(f_soa,h)) ∈ R^{D/2},  h ∈ {local, global}       (4)
     e = [e_local ; e_global] / ‖[e_local ; e_global]‖
 
+**What GAP sees of the pairwise weights.** ``φ`` is a 1×1 convolution (affine), so the
+global average of eq. (2) is::
+
+    GAP(f_soa) = GAP(f) + φ(Σ_j ā_j v_j),   ā_j = 1/N Σ_i a_ij  (attention averaged over queries)
+
+The GAP half of eq. (4) only sees the column means ``ā`` — one saliency per image — never
+which query attends where; only GMP can use the query dependence. :func:`gap_decomposition`
+checks the identity; :func:`intervene` replaces the attention at inference by its mean row
+``ā`` (GAP unchanged, exactly), by its rows shuffled between queries (``ā`` unchanged, so
+GAP unchanged too) or by uniform weights; ``order=1`` trains a first-order control with the
+same parameters (one pooled query per image).
+
 **Hybrid loss** (eq. 7): ``L = L_MS + λ L_PA`` with ``λ = 0.03``, the proxies trained with
 a 100× larger learning rate — :class:`dmlviz.losses.HybridLoss` and
 :func:`dmlviz.losses.parameter_groups`; :func:`dmlviz.train.fit` takes ``loss_lr``.
 
-Interpretations — no copy of the paper was at hand when this was written; where its text
-leaves a choice open (or memory of it is not certain) we made the usual one and say so:
+Interpretations — where the paper's text (``shared/papers/``) leaves a choice open we made
+the usual one and say so:
 
 * ``C'`` (``reduced``) defaults to ``C // 2`` and ``v`` is reduced to ``C'`` as well, as in
   the non-local block (Wang et al., CVPR 2018) that SOA is built on; ``φ`` is a 1×1
@@ -38,12 +50,12 @@ leaves a choice open (or memory of it is not certain) we made the usual one and 
 * ``φ`` is **zero-initialised** (weight and bias), so ``f_soa = f`` at the start of training
   and the head starts as plain pooling of the backbone features (the non-local block's
   zero-initialised BN plays the same role). Eq. (2) itself is tested as written for any ``φ``.
-* ``ζ`` is a fixed scalar (default 1, as in the issue's signature), not learned and not
-  ``1/√C'``. On unnormalised backbone features ζ = 1 saturates the softmax: on EfficientNet-Lite0's
-  stride-16 map ``qᵀk`` spreads by ~75 within a row at initialisation, each row puts ~0.98 of
-  its weight on one position and passes almost no gradient to q and k. Notebook 03 therefore
-  uses ζ = 0.01 (logits of order 1) and reports ζ = 1 as an ablation. ``zeta=0`` (uniform
-  attention) is allowed as a control.
+* ``ζ`` is a fixed scalar (default 1, the paper's "ζ in Eq. 1 is set to 1"), not learned.
+  On unnormalised backbone features ζ = 1 saturates the softmax (on EfficientNet-Lite0's
+  stride-16 map ``qᵀk`` spreads by ~75 within a row at initialisation); notebook 03 chooses ζ
+  on a validation split of the training classes. ``zeta=0`` (uniform attention) is allowed.
+* Eq. (6) is printed with ``+σ`` in the negative term; Wang et al.'s MS loss has ``S − σ`` in
+  both. :func:`make_loss` takes ``eq6="standard"`` (``S − σ``, default) or ``"literal"``.
 * "GAP + GMP" is the **sum** of the two poolings (as in the Proxy-Anchor authors' code),
   not their concatenation.
 * The concatenated embedding is L2-normalised (``normalize=True``); the losses normalise
@@ -63,14 +75,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from dmlviz.checks import check_feature_map, check_int
+from dmlviz.utils import derive_seed, get_device
 
 __all__ = [
     "BRANCHES",
+    "INTERVENTIONS",
     "LOSSES",
+    "ORDERS",
+    "PAPER_SETTINGS",
     "GlobalLocalEmbedder",
     "SecondOrderAttention",
+    "embed_intervened",
+    "epochs_to_converge",
     "fit_global_local",
+    "gap_decomposition",
     "gap_gmp",
+    "intervene",
     "local_global_maps",
     "make_loss",
     "object_attention_mass",
@@ -80,6 +100,8 @@ __all__ = [
 ]
 
 BRANCHES = ("both", "local", "global")
+ORDERS = (1, 2)
+INTERVENTIONS = ("none", "mean_row", "shuffle_rows", "uniform")
 
 
 
@@ -192,6 +214,60 @@ def object_attention_mass(attn: torch.Tensor, fraction: torch.Tensor,
     return out
 
 
+def intervene(attn: torch.Tensor, mode: str, generator: torch.Generator | None = None
+              ) -> torch.Tensor:
+    """Replace trained attention rows at inference, to ask which part of them is used.
+
+    Args:
+        attn: ``(B, N, N)`` attention, row ``i`` = query position ``i``, rows sum to 1.
+        mode: ``"none"`` (unchanged), ``"mean_row"`` (every query gets its image's mean row
+            ``ā_j = 1/N Σ_i a_ij``: no query dependence, GAP of eq. (2) unchanged),
+            ``"shuffle_rows"`` (the rows are permuted between the queries of each image:
+            every row is still a trained row, but attached to the wrong query; ``ā``
+            unchanged) or ``"uniform"`` (``a_ij = 1/N``: no attention at all).
+        generator: the random permutation's generator (``"shuffle_rows"`` only).
+
+    Returns:
+        ``(B, N, N)`` rows that still sum to 1.
+    """
+    if not torch.is_tensor(attn) or attn.ndim != 3 or attn.shape[1] != attn.shape[2]:
+        raise ValueError(f"attn must be a tensor (B, N, N), got "
+                         f"{tuple(attn.shape) if torch.is_tensor(attn) else type(attn).__name__}")
+    if mode not in INTERVENTIONS:
+        raise ValueError(f"mode must be one of {INTERVENTIONS}, got {mode!r}")
+    b, n, _ = attn.shape
+    if mode == "mean_row":
+        return attn.mean(dim=1, keepdim=True).expand(b, n, n)  # ā, the same for every query
+    if mode == "uniform":
+        return torch.full_like(attn, 1.0 / n)
+    if mode == "shuffle_rows":
+        perm = torch.stack([torch.randperm(n, generator=generator) for _ in range(b)])  # (B, N)
+        return torch.gather(attn, 1, perm.to(attn.device)[..., None].expand(b, n, n))
+    return attn
+
+
+def gap_decomposition(block: SecondOrderAttention, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Both sides of ``GAP(f_soa) = GAP(f) + φ(Σ_j ā_j v_j)`` (module docstring).
+
+    Args:
+        block: a :class:`SecondOrderAttention`.
+        x: ``(B, C, H, W)`` its input ``f``.
+
+    Returns:
+        ``{"gap_f_soa": (B, C), "gap_f_plus_phi": (B, C), "abar": (B, N)}``: the global
+        average of the block's output, the right-hand side computed from the attention's
+        column means ``ā`` alone, and ``ā``.
+    """
+    if not isinstance(block, SecondOrderAttention):
+        raise ValueError(f"block must be a SecondOrderAttention, got {type(block).__name__}")
+    y, a = block(x, return_maps=True)  # (B, C, H, W), (B, N, N)
+    abar = a.mean(dim=1)  # (B, N) ā_j = 1/N Σ_i a_ij
+    v = block.value(x).flatten(2)  # (B, C', N)
+    pooled = (v @ abar[..., None])[..., None]  # (B, C', 1, 1) Σ_j ā_j v_j
+    rhs = x.mean(dim=(2, 3)) + block.phi(pooled).flatten(1)  # (B, C) GAP(f) + φ(Σ_j ā_j v_j)
+    return {"gap_f_soa": y.mean(dim=(2, 3)), "gap_f_plus_phi": rhs, "abar": abar}
+
+
 # ----------------------------------------------------------------------------- modules
 
 class SecondOrderAttention(nn.Module):
@@ -204,6 +280,12 @@ class SecondOrderAttention(nn.Module):
             uniform attention ``a_ij = 1/N``: every position receives the same global mean
             ``φ(v̄)`` — a control with the same parameters but no pairwise (second-order)
             weighting.
+        order: ``2`` (default) is eq. (1). ``1`` is the **first-order control**: the
+            queries are pooled over positions into one image query ``q̄ = GAP(q)``, so
+            each image gets one learned saliency map ``s = softmax_j(ζ q̄ᵀk_j)`` and every
+            position receives the same ``φ(Σ_j s_j v_j)``. Same modules, same parameters
+            (exactly), but no query dependence. ``return_maps`` then gives ``s`` repeated
+            for every query row.
 
     Attributes:
         query, key, value: 1×1 convolutions ``C → C'``.
@@ -211,8 +293,13 @@ class SecondOrderAttention(nn.Module):
             identity (see the module docstring).
     """
 
-    def __init__(self, channels: int, reduced: int | None = None, zeta: float = 1.0) -> None:
+    def __init__(self, channels: int, reduced: int | None = None, zeta: float = 1.0,
+                 order: int = 2) -> None:
         super().__init__()
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS} (2: eq. 1, 1: the first-order "
+                             f"control), got {order!r}")
+        self.order = int(order)
         self.channels = check_int(channels, "channels", 1)
         self.reduced = check_int(reduced if reduced is not None else max(1, channels // 2),
                                  "reduced", 1)
@@ -226,18 +313,31 @@ class SecondOrderAttention(nn.Module):
         nn.init.zeros_(self.phi.weight)
         nn.init.zeros_(self.phi.bias)
 
-    def forward(self, x: torch.Tensor, return_maps: bool = False):
-        """Args: x ``(B, C, H, W)``. Returns: ``f_soa (B, C, H, W)``, and with
-        ``return_maps=True`` also the attention ``a (B, N, N)`` (row = query position)."""
+    def forward(self, x: torch.Tensor, return_maps: bool = False, edit=None):
+        """Args: x ``(B, C, H, W)``; ``edit``: optional function ``(B, N, N) → (B, N, N)``
+        applied to the attention before it aggregates the values (an intervention, e.g.
+        :func:`intervene`). Returns: ``f_soa (B, C, H, W)``, and with ``return_maps=True``
+        also the attention ``a (B, N, N)`` actually used (row = query position)."""
         check_feature_map(x, "x", self.channels, module=self)
         b, _, h, w = x.shape
         q, k, v = (conv(x).flatten(2) for conv in (self.query, self.key, self.value))  # (B, C', N)
-        out, a = second_order_attention(q, k, v, self.zeta)  # (B, C', N), (B, N, N) eq. (1)
+        if self.order == 1:  # first-order control: one pooled image query
+            s = torch.softmax(self.zeta * q.mean(2, keepdim=True).transpose(1, 2) @ k, -1)  # (B, 1, N)
+            a = s.expand(b, h * w, h * w)  # (B, N, N), every row the same saliency
+        else:
+            a = torch.softmax(self.zeta * q.transpose(1, 2) @ k, dim=-1)  # (B, N, N) eq. (1)
+        if edit is not None:
+            a = edit(a)
+            if not torch.is_tensor(a) or a.shape != (b, h * w, h * w):
+                raise ValueError(f"edit must return the attention's shape {(b, h * w, h * w)}, "
+                                 f"got {tuple(a.shape) if torch.is_tensor(a) else type(a).__name__}")
+        out = v @ a.transpose(1, 2)  # (B, C', N) Σ_j a_ij v_j, eq. (2)
         y = x + self.phi(out.reshape(b, self.reduced, h, w))  # (B, C, H, W) eq. (2)
         return (y, a) if return_maps else y
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, reduced={self.reduced}, zeta={self.zeta}"
+        extra = "" if self.order == 2 else f", order={self.order}"
+        return f"channels={self.channels}, reduced={self.reduced}, zeta={self.zeta}{extra}"
 
 
 class GlobalLocalEmbedder(nn.Module):
@@ -257,12 +357,15 @@ class GlobalLocalEmbedder(nn.Module):
             (the local-only / global-only ablation gives its one head all ``D`` dimensions).
         reduced: ``C'`` of every SOA block (default ``C // 2`` of its input).
         zeta: ζ of every SOA block.
+        order: ``2`` (SOA, eq. 1) or ``1`` (the first-order control with the same
+            parameters; see :class:`SecondOrderAttention`).
         normalize: L2-normalise the output embedding.
     """
 
     def __init__(self, local_channels: int, global_channels: int, embedding_dim: int, *,
                  soa: bool = True, single_head: bool = False, branches: str = "both",
-                 reduced: int | None = None, zeta: float = 1.0, normalize: bool = True) -> None:
+                 reduced: int | None = None, zeta: float = 1.0, order: int = 2,
+                 normalize: bool = True) -> None:
         super().__init__()
         self.local_channels = check_int(local_channels, "local_channels", 1)
         self.global_channels = check_int(global_channels, "global_channels", 1)
@@ -279,7 +382,7 @@ class GlobalLocalEmbedder(nn.Module):
         self.normalize = bool(normalize)
 
         def attention(c: int) -> nn.Module:
-            return SecondOrderAttention(c, reduced, zeta) if soa else nn.Identity()
+            return SecondOrderAttention(c, reduced, zeta, order) if soa else nn.Identity()
 
         if single_head:
             c = 4 * self.local_channels + self.global_channels
@@ -309,7 +412,7 @@ class GlobalLocalEmbedder(nn.Module):
         return {"single": torch.cat([focus, global_map], dim=1)}  # (B, 4·C_l + C_g, H/2, W/2)
 
     def forward(self, local_map: torch.Tensor, global_map: torch.Tensor,
-                return_maps: bool = False):
+                return_maps: bool = False, edit=None):
         """Embed a batch.
 
         Args:
@@ -317,6 +420,8 @@ class GlobalLocalEmbedder(nn.Module):
             global_map: ``(B, C_global, H', W')`` stride-32 features (ignored, but checked,
                 with ``branches="local"``; likewise ``local_map`` with ``"global"``).
             return_maps: also return ``{head name: attention (B, N, N)}`` (empty without SOA).
+            edit: optional ``(B, N, N) → (B, N, N)`` applied to every head's attention
+                before aggregation (:func:`intervene`; ignored without SOA).
 
         Returns:
             ``(B, D)`` embeddings (unit norm with ``normalize=True``), and the maps if asked.
@@ -327,7 +432,7 @@ class GlobalLocalEmbedder(nn.Module):
                 continue  # the branch left out by the local-only / global-only ablation
             head = self.heads[name]
             if self.soa:
-                x, maps[name] = head(x, return_maps=True)  # (B, C, H, W), (B, N, N)
+                x, maps[name] = head(x, return_maps=True, edit=edit)  # (B, C, H, W), (B, N, N)
             parts.append(self.linears[name](gap_gmp(x)))  # (B, D/2) eq. (4)
         e = torch.cat(parts, dim=1)  # (B, D) [e_local ; e_global]
         if self.normalize:
@@ -377,26 +482,86 @@ def local_global_maps(backbone: nn.Module, images: torch.Tensor, *,
 LOSSES = ("ms", "proxy_anchor", "hybrid")
 
 
-def make_loss(name: str, num_classes: int, embedding_dim: int, weight: float = 0.03) -> nn.Module:
-    """The three losses the paper compares (Figs. 1, 7), by name.
+EQ6_READINGS = ("standard", "literal")
+
+#: The paper's settings (section 4.2, "Training", "Input Setting", "Hyperparameter Setting";
+#: section 4.1 for the validation split), for the table of notebook 03.
+PAPER_SETTINGS = {
+    "zeta": 1.0, "gamma": 2.0, "beta": 50.0, "sigma": 1.0, "alpha": 32.0, "delta": 0.1,
+    "weight": 0.03, "lr": 1e-4, "proxy_lr": 1e-2, "epochs": 20, "batch": 100,
+    "backbone": "ResNet-50 (ImageNet), fine-tuned", "input_size": 224,
+    "optimizer": "AdamW", "validation": "20 % of the training set",
+}
+
+
+def make_loss(name: str, num_classes: int, embedding_dim: int, weight: float = 0.03, *,
+              gamma: float = 2.0, beta: float = 50.0, sigma: float = 0.5,
+              eq6: str = "standard", alpha: float = 32.0, delta: float = 0.1) -> nn.Module:
+    """The three losses the paper compares (Figs. 1, 7), by name, with the paper's symbols.
 
     Args:
-        name: ``"ms"`` (multi-similarity), ``"proxy_anchor"`` or ``"hybrid"`` (eq. 7,
-            ``L_MS + λ L_PA``).
+        name: ``"ms"`` (multi-similarity, eq. 6), ``"proxy_anchor"`` (eq. 5) or ``"hybrid"``
+            (eq. 7, ``L_MS + λ L_PA``).
         num_classes: training classes ``C`` (one proxy each).
         embedding_dim: ``D``.
         weight: λ of the hybrid loss (paper: 0.03).
+        gamma, beta: γ and β of eq. (6) (paper: 2, 50).
+        sigma: σ of eq. (6), the MS ``base`` (paper: 1; default 0.5, Wang et al.'s and PML's
+            default — notebook 03 shows both).
+        eq6: ``"standard"``: ``e^{β(S_ik − σ)}`` in the negative term, as in Wang et al.;
+            ``"literal"``: ``e^{β(S_ik + σ)}``, as eq. (6) is printed.
+        alpha, delta: α and δ of eq. (5) (paper: 32, 0.1).
     """
     from dmlviz.losses import HybridLoss, MultiSimilarityLoss, ProxyAnchorLoss
 
+    if name not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {name!r}")
+    if eq6 not in EQ6_READINGS:
+        raise ValueError(f"eq6 must be one of {EQ6_READINGS}, got {eq6!r}")
+
+    def ms() -> nn.Module:
+        return MultiSimilarityLoss(gamma, beta, sigma,
+                                   negative_base=-sigma if eq6 == "literal" else None)  # eq. (6)
+
+    def pa() -> nn.Module:
+        return ProxyAnchorLoss(num_classes, embedding_dim, margin=delta, alpha=alpha)  # eq. (5)
+
     if name == "ms":
-        return MultiSimilarityLoss()
+        return ms()
     if name == "proxy_anchor":
-        return ProxyAnchorLoss(num_classes, embedding_dim)
-    if name == "hybrid":
-        return HybridLoss(MultiSimilarityLoss(), ProxyAnchorLoss(num_classes, embedding_dim),
-                          weight=weight)  # eq. (7)
-    raise ValueError(f"loss must be one of {LOSSES}, got {name!r}")
+        return pa()
+    return HybridLoss(ms(), pa(), weight=weight)  # eq. (7)
+
+
+def epochs_to_converge(history, fraction: float = 0.9, metric: str = "recall@1") -> float:
+    """Epochs a run needs to make ``fraction`` of its gain in ``metric`` (Figs. 1, 7).
+
+    With ``m_t`` the metric after epoch ``t`` (``t = 0`` before training) and ``m* = max_t
+    m_t``, the first ``t`` with ``m_t − m_0 ≥ fraction · (m* − m_0)``, linearly interpolated
+    between evaluations (0 when training gains nothing).
+
+    Args:
+        history: a :class:`dmlviz.train.History` with ``eval_epochs`` starting at 0.
+        fraction: in (0, 1].
+        metric: the metric's name in ``history.metrics``.
+
+    Returns:
+        The epoch, a float.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    if metric not in history.metrics or not history.eval_epochs or history.eval_epochs[0] != 0:
+        raise ValueError(f"history must hold {metric!r} measured from epoch 0, got metrics "
+                         f"{sorted(history.metrics)} at epochs {history.eval_epochs[:3]}…")
+    t = [float(e) for e in history.eval_epochs]
+    m = [float(x) for x in history.metrics[metric]]
+    target = m[0] + fraction * (max(m) - m[0])
+    if max(m) <= m[0]:
+        return 0.0
+    for i in range(1, len(m)):
+        if m[i] >= target:
+            return t[i - 1] + (target - m[i - 1]) / (m[i] - m[i - 1]) * (t[i] - t[i - 1])
+    return t[-1]  # not reached (cannot happen: the maximum reaches it)
 
 
 def fit_global_local(train_maps: tuple[torch.Tensor, torch.Tensor], train_labels: torch.Tensor,
@@ -405,6 +570,7 @@ def fit_global_local(train_maps: tuple[torch.Tensor, torch.Tensor], train_labels
                      hybrid_weight: float = 0.03, epochs: int = 10, p: int = 8, k: int = 4,
                      lr: float = 1e-3, proxy_lr: float = 1e-1, eval_every: int = 1,
                      device: str | torch.device = "auto", progress: bool = False,
+                     loss_kwargs: dict | None = None, nmi: bool = False,
                      **embedder_kwargs):
     """Build a :class:`GlobalLocalEmbedder` from ``seed`` and train it on cached maps.
 
@@ -424,7 +590,11 @@ def fit_global_local(train_maps: tuple[torch.Tensor, torch.Tensor], train_labels
         hybrid_weight: λ of eq. (7).
         epochs, p, k, lr, eval_every, device, progress: as for :func:`dmlviz.train.fit`.
         proxy_lr: learning rate of the Proxy-Anchor proxies (the paper: 100× the network's).
-        **embedder_kwargs: ``soa``, ``single_head``, ``branches``, ``reduced``, ``zeta``.
+        loss_kwargs: the loss's hyper-parameters, passed to :func:`make_loss` (``gamma``,
+            ``beta``, ``sigma``, ``eq6``, ``alpha``, ``delta``).
+        nmi: also measure NMI (k-means) at every evaluation (slow; default off).
+        **embedder_kwargs: ``soa``, ``single_head``, ``branches``, ``reduced``, ``zeta``,
+            ``order``.
 
     Returns:
         ``(model, history)``: the trained model (eval mode) and its
@@ -445,9 +615,45 @@ def fit_global_local(train_maps: tuple[torch.Tensor, torch.Tensor], train_labels
     seed_everything(seed)
     model = GlobalLocalEmbedder(train_maps[0].shape[1], train_maps[1].shape[1], embedding_dim,
                                 **embedder_kwargs)
-    criterion = make_loss(loss, num_classes, embedding_dim, hybrid_weight)
+    criterion = make_loss(loss, num_classes, embedding_dim, hybrid_weight, **(loss_kwargs or {}))
     history = fit(model, criterion, tuple(train_maps), train_labels,
                   test_inputs=tuple(test_maps), test_labels=test_labels, epochs=epochs, p=p,
                   k=k, lr=lr, loss_lr=proxy_lr, eval_every=eval_every, seed=seed,
-                  device=device, progress=progress)
+                  device=device, progress=progress,
+                  metric_kwargs=None if nmi else {"nmi": False})
     return model, history
+
+
+@torch.no_grad()
+def embed_intervened(model: GlobalLocalEmbedder, maps: tuple[torch.Tensor, torch.Tensor],
+                     mode: str = "none", seed: int = 0, batch_size: int = 256,
+                     device: str | torch.device = "auto") -> torch.Tensor:
+    """Embeddings ``(B, D)`` of a trained model with its attention replaced by
+    :func:`intervene` (``mode``) in every head, on the CPU; the model is left unchanged.
+
+    Args:
+        model: a trained :class:`GlobalLocalEmbedder` with SOA.
+        maps: ``(local (B, C_l, H, W), global (B, C_g, H', W'))``.
+        mode: one of :data:`INTERVENTIONS`.
+        seed: seeds the permutations of ``"shuffle_rows"`` (batch ``i`` draws from
+            ``derive_seed(seed, i)``).
+        batch_size: images per forward pass.
+        device: where to run.
+    """
+    if not isinstance(model, GlobalLocalEmbedder) or not model.soa:
+        raise ValueError("model must be a GlobalLocalEmbedder with soa=True")
+    if mode not in INTERVENTIONS:
+        raise ValueError(f"mode must be one of {INTERVENTIONS}, got {mode!r}")
+    if not isinstance(maps, (tuple, list)) or len(maps) != 2:
+        raise ValueError(f"maps must be a pair (local_map, global_map), got {type(maps).__name__}")
+    device = get_device(device)
+    was_training, old_device = model.training, next(model.parameters()).device
+    model.eval().to(device)
+    out = []
+    for i, start in enumerate(range(0, len(maps[0]), batch_size)):
+        gen = torch.Generator().manual_seed(derive_seed(seed, i))
+        edit = None if mode == "none" else (lambda a, g=gen: intervene(a, mode, g))
+        batch = [m[start:start + batch_size].to(device) for m in maps]
+        out.append(model(*batch, edit=edit).float().cpu())
+    model.train(was_training).to(old_device)
+    return torch.cat(out)
