@@ -357,7 +357,7 @@ def test_bad_data_is_refused(call, exc, fragment, tmp_path):
 
 # ------------------------------------------------------------------ the command line
 
-CLI_CASES = [  # argv after "dmlviz run 07 --baseline none --no-progress"; exit 2, one line
+CLI_CASES = [  # argv after "dmlviz run [07] --baseline none --no-progress"; exit 2, one line
     ("--timeout nan", ["--timeout", "nan"], "--timeout nan: allowed is a finite number of seconds > 0"),
     ("--timeout inf", ["--timeout", "inf"], "--timeout inf: allowed is"),
     ("--timeout 0", ["--timeout", "0"], "--timeout 0.0: allowed is"),
@@ -370,7 +370,11 @@ CLI_CASES = [  # argv after "dmlviz run 07 --baseline none --no-progress"; exit 
     ("-p seed 1.5", ["-p", "seed", "1.5"], "-p seed 1.5: a float"),
     ("-p refine_k True", ["-p", "refine_k", "True"], "allowed is an int"),
     ("-p embedding_dim None", ["-p", "embedding_dim", "None"], "-p embedding_dim None"),
-    ("-p validation yes (float declared)", ["-p", "validation", "yes"], "allowed is a number"),
+    ("-p temperature yes (float declared)", ["01", "-p", "temperature", "yes"],
+     "01_nystrom_proof declares temperature = 0.5; allowed is a number"),
+    ("-p report_ms 5 (tuple declared)", ["01", "-p", "report_ms", "5"],
+     "allowed is a tuple or list"),
+    ("-p photo 5 (str declared)", ["01", "-p", "photo", "5"], "allowed is a string"),
     ("-p embeddings_npz missing relative path", ["-p", "embeddings_npz", "rel/missing.npz"],
      "the file '{cwd}/rel/missing.npz' does not exist"),
     ("-p datasets missing folder", ["-p", "datasets", "['shapes', 'no_such_folder']"],
@@ -394,7 +398,8 @@ def test_cli_refuses_bad_values_before_any_notebook(argv, fragment, in_tmp, monk
     started = []
     monkeypatch.setattr(runner, "run", lambda *a, **k: started.append(k))
     argv = [a.format(file=in_tmp / "afile", cwd=in_tmp) for a in argv]
-    rc = cli.main(["run", "07", "--baseline", "none", "--no-progress", *argv])
+    names, argv = (argv[:1], argv[1:]) if argv[0].isdigit() else (["07"], argv)
+    rc = cli.main(["run", *names, "--baseline", "none", "--no-progress", *argv])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and not started
     assert "\n" not in err and err.startswith("dmlviz run: error: ")
