@@ -1,5 +1,6 @@
 # dmlviz — the two commands a newcomer needs:
-#   make report   set up .venv and run the main job (execute the notebooks, write the report)
+#   make report   set up .venv and run the main job (execute the notebooks, write the report
+#                 and the course book)
 #   make test     set up .venv and run the test suite (what CI runs)
 PYTHON ?= python3
 VENV   := .venv
@@ -39,7 +40,7 @@ test-fast: setup
 	$(BIN)/python -m pytest -m "not notebook" $(PYTEST_ARGS)
 
 report: setup
-	$(BIN)/dmlviz run all --profile $(PROFILE) --device $(DEVICE) --figures figures
+	$(BIN)/dmlviz run all --profile $(PROFILE) --device $(DEVICE) --figures figures --book
 
 lint: setup
 	$(BIN)/ruff check dmlviz tests benchmarks scripts

@@ -83,13 +83,21 @@ def _unwidget(nb) -> None:
                     data["text/plain"] = text
 
 
-def export_html(executed: Path, html_path: Path, mathjax_url: str | None = None) -> None:
+def export_html(executed: Path, html_path: Path, mathjax_url: str | None = None, *,
+                before: str = "", after: str = "", css: str = "") -> None:
     """Export an executed notebook to standalone HTML that needs no network.
 
     The lab template without require.js, mermaid and the MathJax CDN (MathJax comes from
     ``mathjax_url``, a relative path to the run's offline copy, when given); remote
     ``<script src=...>`` tags inside outputs (plotly adds a MathJax CDN one) are dropped;
     widgets (tqdm bars) become their final state as text.
+
+    Args:
+        executed: the executed ``.ipynb``.
+        html_path: the page to write.
+        mathjax_url: relative path of an offline MathJax copy (:func:`copy_mathjax`).
+        before, after: HTML put before and after the notebook's cells (the course book's
+            navigation and claims table); ``css``: extra style rules for them.
     """
     import jinja2
     import nbformat
@@ -99,7 +107,13 @@ def export_html(executed: Path, html_path: Path, mathjax_url: str | None = None)
                 "{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}\n"
                 "{%- block html_head_js_mathjax -%}{%- if resources.mathjax_url -%}"
                 + _MATHJAX_BLOCK + "{%- endif -%}{%- endblock html_head_js_mathjax -%}\n"
-                "{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}\n")
+                "{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}\n"
+                "{%- block html_head_css -%}<style>{{ resources.dmlviz_css }}</style>"
+                "{%- endblock html_head_css -%}\n"
+                "{%- block body_header -%}{{ super() }}{{ resources.dmlviz_before }}"
+                "{%- endblock body_header -%}\n"
+                "{%- block body_footer -%}{{ resources.dmlviz_after }}{{ super() }}"
+                "{%- endblock body_footer -%}\n")
     nb = nbformat.read(executed, as_version=4)
     _unwidget(nb)
     for cell in nb.cells:
@@ -111,5 +125,7 @@ def export_html(executed: Path, html_path: Path, mathjax_url: str | None = None)
                             extra_loaders=[jinja2.DictLoader({"dmlviz_offline.html.j2": template})],
                             mathjax_url=(f"{mathjax_url}/MathJax.js?config="
                                          "TeX-AMS-MML_HTMLorMML-full,Safe") if mathjax_url else "")
-    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": executed.stem}})
+    body, _ = exporter.from_notebook_node(nb, resources={
+        "metadata": {"name": executed.stem}, "dmlviz_before": before, "dmlviz_after": after,
+        "dmlviz_css": css})
     html_path.write_text(body, encoding="utf-8")

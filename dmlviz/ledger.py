@@ -92,12 +92,12 @@ def _e(x: Any) -> str:
     return html.escape(str(x), quote=True)
 
 
-def ledger_html(summary: dict) -> str:
+def ledger_html(summary: dict, title: str = "Claims ledger") -> str:
     """The ledger as an HTML card (empty string when no claim was evaluated)."""
     rows = ledger(summary)
     if not rows:
         return ""
-    parts = [f'<section class="card ledger" id="claims"><h2>Claims ledger</h2>'
+    parts = [f'<section class="card ledger" id="claims"><h2>{_e(title)}</h2>'
              f'<div class="mut">{len(rows)} claim(s) from the papers: {_e(_counts(rows))}. '
              "Effect = mean paired difference over independent seeds; interval 95 %.</div>"]
     for paper, claims in _by_paper(rows).items():

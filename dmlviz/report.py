@@ -132,7 +132,7 @@ th,td{padding:8px 10px;border-bottom:1px solid var(--line);vertical-align:top}
 tr:last-child td{border-bottom:0}td.num{font-variant-numeric:tabular-nums;white-space:nowrap}
 .badge{display:inline-block;padding:2px 9px;border-radius:999px;font-size:12px;font-weight:700;
 letter-spacing:.02em;text-transform:uppercase;white-space:nowrap}
-.badge.ok{background:var(--okbg);color:var(--ok)}.badge.failed,.badge.kernel_died{background:var(--badbg);
+.badge.ok{background:var(--okbg);color:var(--ok)}.badge.failed,.badge.kernel_died,.badge.worker_died{background:var(--badbg);
 color:var(--bad)}.badge.timeout{background:var(--warnbg);color:var(--warn)}
 .chip{display:inline-block;margin:0 6px 4px 0;padding:1px 8px;border:1px solid var(--line);
 border-radius:6px;font-size:12.5px;white-space:nowrap}.chip b{font-weight:600}
@@ -205,6 +205,12 @@ def render_index(summary: dict, baseline: dict | None = None) -> str:
         meta.append(f"commit <code>{_e(env['git_commit'])}</code>")
     if summary.get("parameters"):
         meta.append(f"overrides <code>{_e(json.dumps(summary['parameters']))}</code>")
+    if summary.get("book"):
+        meta.append(f'<a href="{_e(summary["book"])}"><b>course book</b></a>')
+    if summary.get("scheduler"):
+        meta.append(f"Dask scheduler <code>{_e(summary['scheduler'])}</code>")
+    if summary.get("sweep"):  # a dmlviz sweep: its page with the tables and plots
+        meta.append(f'<a href="{_e(summary["sweep"])}"><b>sweep page</b></a>')
     if probs:
         verdict = (f'<div class="verdict bad">✗ {len(probs)} problem(s)<ul>'
                    + "".join(f"<li>{_e(p)}</li>" for p in probs) + "</ul></div>")

@@ -1,13 +1,15 @@
 """The papermill runner behind ``dmlviz run``: execute notebooks, collect metrics, write a report.
 
-Each selected notebook runs with papermill (kernel ``python3``) in its own worker process,
-``jobs`` at a time, with the contract parameters injected: ``quick`` from the profile
+Each selected notebook runs with papermill (kernel ``python3``) as one Dask task
+(:mod:`dmlviz.executor`, the execution path ``dmlviz sweep`` shares): on a local cluster of
+``jobs`` worker processes, or on an existing cluster (``scheduler``), with the contract
+parameters injected: ``quick`` from the profile
 (``quick`` → True, ``full`` → False), ``device``, ``interactive=False`` and
 ``out_dir=DIR/<stem>``, plus any ``-p NAME VALUE`` the notebook declares. The kernel runs in
 the notebook's own directory, with ``PLOTLY_RENDERER=plotly_mimetype+notebook`` (so the
 executed notebook carries plotly.js once and its HTML export renders offline),
 ``DMLVIZ_FIGURES_DIR`` when ``figures`` is given, and ``OMP_NUM_THREADS`` = cores / jobs
-unless already set.
+unless already set (or the workers are on an existing cluster).
 
 A run directory ``DIR`` (default ``reports/<YYYYmmdd-HHMMSS>/``) holds::
 
@@ -31,11 +33,12 @@ A run directory ``DIR`` (default ``reports/<YYYYmmdd-HHMMSS>/``) holds::
       "ok": true,                                 # every notebook ok and no regression
       "baseline": "tests/baselines/quick.json" | null,
       "jobs": 2, "timeout_s": 600,                # timeout_s: limit for any single cell
+      "scheduler": null | "tcp://host:8786",      # null: a local Dask cluster of `jobs` workers
       "parameters": {"NAME": value},              # the -p overrides
       "environment": {"python", "platform", "cpu_count", "dmlviz", "git_commit"},
       "notebooks": {
         "<stem>": {
-          "status": "ok" | "failed" | "timeout" | "kernel_died",
+          "status": "ok" | "failed" | "timeout" | "kernel_died" | "worker_died",
           "duration_s": 42.0,
           "error": null | {"cell": i | null, "exec_count": n | null, "ename": "...",
                            "evalue": "..."},
@@ -43,7 +46,8 @@ A run directory ``DIR`` (default ``reports/<YYYYmmdd-HHMMSS>/``) holds::
           "regressions": [{"metric", "value", "baseline", "tolerance", "reason"}],
           "title": "...", "parameters": {...injected...},
           "executed": "<stem>/<stem>.ipynb", "html": "<stem>/<stem>.html" | null,
-          "log": "<stem>/run.log", "figures": ["<stem>/figures/x.png", ...]
+          "log": "<stem>/run.log", "figures": ["<stem>/figures/x.png", ...],
+          "worker": "tcp://127.0.0.1:40123"        # the Dask worker that ran it
         }
       }
     }
@@ -55,7 +59,9 @@ notebook) → ``failed`` with ``cell: null``. ``error.cell`` is the 0-based inde
 execution stopped in, counted in the *stored* notebook (``notebooks/<stem>.ipynb``);
 ``error.exec_count`` is its ``In [n]`` label in the executed copy and its HTML. The executed
 copy of a timed-out or dead-kernel run gets a banner cell and the error as the stopped
-cell's output (papermill itself saves it without any error flag).
+cell's output (papermill itself saves it without any error flag). ``worker_died``: the Dask
+worker process running it died twice (it is retried once on another worker, see
+:mod:`dmlviz.executor`).
 Baselines and what counts as a regression are in :mod:`dmlviz.baseline`; ``summary.md``
 and ``index.html`` in :mod:`dmlviz.report`; the offline HTML export in :mod:`dmlviz.export`.
 """
@@ -63,11 +69,9 @@ and ``index.html`` in :mod:`dmlviz.report`; the offline HTML export in :mod:`dml
 from __future__ import annotations
 
 import ast
-import concurrent.futures as cf
 import datetime as _dt
 import json
 import logging
-import multiprocessing
 import os
 import platform
 import subprocess
@@ -77,7 +81,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dmlviz import report
+from dmlviz import executor, report
 from dmlviz.baseline import baseline_entries, find_regressions, load_baseline
 from dmlviz.export import copy_mathjax, export_html
 from dmlviz.ledger import ledger
@@ -85,7 +89,7 @@ from dmlviz.outputs import CLAIMS_FILE
 
 PROFILES = ("quick", "full")
 DEVICES = ("auto", "cpu", "cuda")
-STATUSES = ("ok", "failed", "timeout", "kernel_died")
+STATUSES = ("ok", "failed", "timeout", "kernel_died", "worker_died")
 CONTRACT = ("quick", "seed", "device", "interactive", "out_dir")
 SET_BY_RUNNER = {"quick": "--profile", "device": "--device", "interactive": "the runner (False)",
                  "out_dir": "--out"}
@@ -407,7 +411,8 @@ def run(notebooks: list[str] | tuple[str, ...] = ("all",), *, profile: str = "qu
         device: str = "auto", parameters: dict[str, Any] | None = None,
         out: str | os.PathLike | None = None, jobs: int = 1, timeout: float | None = None,
         baseline: str | os.PathLike | None = "default", figures: str | os.PathLike | None = None,
-        notebook_dir: str | os.PathLike | None = None, progress: bool = True) -> RunResult:
+        notebook_dir: str | os.PathLike | None = None, progress: bool = True,
+        scheduler: str | None = None, book: bool = False) -> RunResult:
     """Execute notebooks, compare their metrics with a baseline and write the report.
 
     Everything is validated before anything runs: profile, device (``cuda`` without CUDA
@@ -419,13 +424,17 @@ def run(notebooks: list[str] | tuple[str, ...] = ("all",), *, profile: str = "qu
         device: ``auto``, ``cpu`` or ``cuda`` — injected as the ``device`` parameter.
         parameters: ``-p`` overrides, passed to the notebooks that declare them.
         out: run directory; default ``reports/<YYYYmmdd-HHMMSS>`` under the project root.
-        jobs: notebooks executed at once (each in its own process).
+        jobs: worker processes of the local Dask cluster (notebooks executed at once).
+        scheduler: address of an existing Dask scheduler (``tcp://host:8786``) to run the
+            notebooks on instead; ``jobs`` is then ignored.
         timeout: seconds any single cell may run; default 600 (quick) / 3600 (full).
         baseline: a baseline file; ``"default"`` = ``tests/baselines/<profile>.json`` when
             it exists; ``None`` = no comparison.
         figures: also copy exported figures here (``DMLVIZ_FIGURES_DIR``).
         notebook_dir: where the notebooks are; default :func:`default_notebook_dir`.
         progress: show a progress bar over notebooks (stderr).
+        book: also write the course book (:func:`dmlviz.book.build_book`) into ``out/book``;
+            the report's index links to it.
 
     Returns:
         A :class:`RunResult`; ``exit_code`` is 0 only when all succeeded and nothing regressed.
@@ -464,7 +473,7 @@ def run(notebooks: list[str] | tuple[str, ...] = ("all",), *, profile: str = "qu
            "PYDEVD_DISABLE_FILE_VALIDATION": "1", "TQDM_MININTERVAL": "5"}
     if figures:
         env["DMLVIZ_FIGURES_DIR"] = str(Path(figures).resolve())
-    if "OMP_NUM_THREADS" not in os.environ:
+    if "OMP_NUM_THREADS" not in os.environ and scheduler is None:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
     mathjax = copy_mathjax(out)
     job_list = []
@@ -474,12 +483,13 @@ def run(notebooks: list[str] | tuple[str, ...] = ("all",), *, profile: str = "qu
         injected = {"quick": profile == "quick", "device": device, "interactive": False,
                     "out_dir": str(nb_out)}
         injected.update({k: v for k, v in parameters.items() if k in nb.parameters})
-        job_list.append({"name": nb.name, "path": str(nb.path), "out_dir": str(nb_out),
+        job_list.append({"key": nb.name, "name": nb.name, "path": str(nb.path),
+                         "out_dir": str(nb_out),
                          "parameters": injected, "timeout": timeout,
                          "mathjax": f"../{mathjax}" if mathjax else None,
                          "env": {**env, "DMLVIZ_OUT_DIR": str(nb_out)}})
 
-    results = _execute_all(job_list, jobs, progress)
+    results = executor.execute(job_list, scheduler=scheduler, workers=jobs, progress=progress)
 
     rel = lambda p: Path(p).relative_to(out).as_posix() if p else None  # noqa: E731
     nbs = {}
@@ -491,7 +501,7 @@ def run(notebooks: list[str] | tuple[str, ...] = ("all",), *, profile: str = "qu
             "metrics": r["metrics"], "regressions": find_regressions(r["metrics"], entries),
             "title": nb.title, "parameters": job["parameters"],
             "executed": rel(r["executed"]), "html": rel(r["html"]), "log": rel(r["log"]),
-            "figures": [rel(f) for f in r["figures"]],
+            "figures": [rel(f) for f in r["figures"]], "worker": r.get("worker"),
             "claims": r.get("claims", []), "claims_cell": r.get("claims_cell")}
     finished = _dt.datetime.now(_dt.UTC)
     ok = all(v["status"] == "ok" and not v["regressions"] for v in nbs.values())
@@ -506,12 +516,18 @@ def run(notebooks: list[str] | tuple[str, ...] = ("all",), *, profile: str = "qu
         "started": started.isoformat(timespec="seconds"),
         "finished": finished.isoformat(timespec="seconds"),
         "duration_s": round((finished - started).total_seconds(), 2), "ok": ok,
-        "baseline": base_name, "jobs": jobs, "timeout_s": timeout, "parameters": parameters,
+        "baseline": base_name, "jobs": jobs, "scheduler": scheduler, "timeout_s": timeout,
+        "parameters": parameters,
         "environment": {"python": platform.python_version(), "platform": platform.platform(),
                         "cpu_count": os.cpu_count(), "dmlviz": __version__,
                         "git_commit": _git_commit(root)},
         "notebooks": nbs}
     write_report(summary, out, base)
+    if book:
+        from dmlviz.book import build_book  # book reads the summary.json just written
+
+        summary["book"] = build_book(out).relative_to(out).as_posix()
+        write_report(summary, out, base)
     return RunResult(summary, out)
 
 
@@ -523,40 +539,3 @@ def write_report(summary: dict, out: Path, baseline: dict | None = None) -> None
                                               ensure_ascii=False) + "\n")
     (out / "summary.md").write_text(report.summary_markdown(summary, baseline))
     (out / "index.html").write_text(report.render_index(summary, baseline), encoding="utf-8")
-
-
-def _execute_all(job_list: list[dict], jobs: int, progress: bool) -> dict[str, dict]:
-    """Run the jobs, a fresh process per notebook, with a progress bar over notebooks."""
-    from tqdm.auto import tqdm
-
-    results: dict[str, dict] = {}
-    ctx = multiprocessing.get_context("spawn")
-    bar = tqdm(total=len(job_list), desc="notebooks", unit="nb", file=sys.stderr,
-               disable=not progress, dynamic_ncols=True)
-    with cf.ProcessPoolExecutor(max_workers=min(jobs, len(job_list)), mp_context=ctx,
-                                max_tasks_per_child=1) as pool:
-        futures = {pool.submit(execute_one, job): job for job in job_list}
-        bar.set_postfix_str(", ".join(j["name"] for j in job_list[:jobs]))
-        try:
-            for fut in cf.as_completed(futures):
-                job = futures[fut]
-                try:
-                    r = fut.result()
-                except Exception as e:  # noqa: BLE001 - the worker itself died: that nb's status
-                    r = {"status": "kernel_died" if isinstance(e, cf.process.BrokenProcessPool)
-                         else "failed", "duration_s": None,
-                         "error": {"cell": None, "exec_count": None, "ename": type(e).__name__,
-                                   "evalue": str(e)}, "metrics": {}, "executed": None,
-                         "html": None, "log": None, "figures": []}
-                results[job["name"]] = r
-                mark = "✓" if r["status"] == "ok" else "✗"
-                where = f" (cell {r['error']['cell']}: {r['error']['ename']})" if r["error"] else ""
-                if progress:
-                    bar.write(f"{mark} {job['name']}: {r['status']}{where} "
-                              f"{report.fmt_duration(r['duration_s'])}", file=sys.stderr)
-                bar.update(1)
-        except KeyboardInterrupt:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-    bar.close()
-    return results
