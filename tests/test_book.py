@@ -4,11 +4,10 @@ chapter's claims table, offline equations; walked in headless Chromium."""
 from __future__ import annotations
 
 import pytest
+from test_report import CHROMIUM_ARGS, _open
 
 from dmlviz import runner
 from dmlviz.book import build_book
-
-from test_report import CHROMIUM_ARGS, _open
 
 CHAPTERS = {
     "01_first": ["import dmlviz\nfrom dmlviz import claims\ndmlviz.set_output_dir(out_dir)",
