@@ -295,8 +295,9 @@ class ImageFolder:
 
         self.root = Path(root)
         if not self.root.is_dir():
-            raise FileNotFoundError(f"ImageFolder root {str(self.root)!r} does not exist or is not "
-                                    "a folder; expected root/<class name>/<image files>")
+            raise FileNotFoundError(f"ImageFolder root {str(self.root.absolute())!r} does not "
+                                    "exist or is not a folder; expected "
+                                    "root/<class name>/<image files>")
         self.classes = sorted(p.name for p in self.root.iterdir() if p.is_dir())
         if not self.classes:
             raise ValueError(f"ImageFolder root {str(self.root)!r} has no class sub-folders; "
