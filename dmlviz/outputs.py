@@ -69,16 +69,45 @@ def _as_json_value(name: str, value):
     raise ValueError(f"record({name!r}, ...) takes a number, bool or str, got {type(value).__name__}")
 
 
-def record(name: str, value, *, show: bool = True):
-    """Record one metric of the running notebook and show it.
+def _show_recorded() -> None:
+    """Print the metrics recorded by the cell that just ran, as one compact table."""
+    rows, _state["pending"] = _state.get("pending", []), []
+    if not rows:
+        return
+    width = max(len(n) for n, _ in rows)
+    print(f"recorded {len(rows)} metric(s):\n" + "\n".join(f"  {n.ljust(width)}  {v}"
+                                                        for n, v in rows))
+
+
+def _queue_shown(name: str, stored) -> None:
+    shown = f"{stored:.4f}" if isinstance(stored, float) else str(stored)
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+    except ImportError:
+        shell = None
+    if shell is None:  # a script: show it at once
+        print(f"recorded {name} = {shown}")
+        return
+    if not _state.get("hooked"):
+        shell.events.register("post_run_cell", lambda *_: _show_recorded())
+        _state["hooked"] = True
+    _state.setdefault("pending", []).append((name, shown))
+
+
+def record(name: str, value, *, show: bool = True) -> None:
+    """Record one metric of the running notebook.
 
     Args:
         name: dotted metric name, e.g. ``"quickstart.recall@1.trained"``.
         value: a number (Python, NumPy or 0-d torch), bool or short string.
-        show: print ``name = value`` (the notebook's visible trace of the claim).
+        show: list it under the cell (in a notebook, the metrics one cell recorded are shown
+            as one compact table after the cell; in a script, one line at once).
 
     Returns:
-        The value as stored (so ``r1 = record("x", r1)`` keeps working).
+        Nothing (a trailing ``record(...)`` adds no ``Out[…]`` to the notebook); read values
+        back with :func:`recorded`.
     """
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"record() needs a non-empty metric name, got {name!r}")
@@ -89,9 +118,7 @@ def record(name: str, value, *, show: bool = True):
     tmp.write_text(json.dumps(_state["metrics"], indent=2, sort_keys=True))
     tmp.replace(path)
     if show:
-        shown = f"{stored:.4f}" if isinstance(stored, float) else stored
-        print(f"recorded {name} = {shown}")
-    return stored
+        _queue_shown(name, stored)
 
 
 def recorded() -> dict:
@@ -110,17 +137,40 @@ def _figure_paths(name: str, suffix: str) -> list[Path]:
     return [d / f"{name}{suffix}" for d in dirs]
 
 
-def save_figure(fig, name: str, dpi: int = 110) -> Path:
-    """Save a matplotlib figure as ``<name>.png`` in the output (and gallery) directory."""
-    paths = _figure_paths(name, ".png")
-    for p in paths:
-        fig.savefig(p, dpi=dpi, bbox_inches="tight")
-    return paths[0]
+def alt_text(fig) -> str:
+    """A figure's alternative text: its suptitle and axes titles (what it shows, in words)."""
+    parts = [fig._suptitle.get_text()] if getattr(fig, "_suptitle", None) else []
+    parts += [t for ax in fig.axes if (t := ax.get_title())]
+    return "; ".join(parts) or "figure"
 
 
-def save_plotly(fig, name: str) -> Path:
-    """Save a plotly figure as a standalone ``<name>.html`` that renders offline."""
-    paths = _figure_paths(name, ".html")
-    for p in paths:
+def save_figure(fig, name: str, dpi: int = 150, formats: tuple[str, ...] = ("png",),
+                alt: str | None = None) -> None:
+    """Save a matplotlib figure as ``<name>.<format>`` in the output (and gallery) directory.
+
+    Args:
+        fig: the figure.
+        name: a plain file stem.
+        dpi: resolution of the raster formats.
+        formats: any of ``"png"``, ``"svg"``, ``"pdf"``.
+        alt: alternative text stored in the file's metadata (``Description``); default
+            :func:`alt_text` of the figure.
+
+    Returns:
+        Nothing (the files are ``output_dir() / "figures" / f"{name}.{format}"``).
+    """
+    allowed = ("png", "svg", "pdf")
+    if not formats or any(f not in allowed for f in formats):
+        raise ValueError(f"formats must be a non-empty tuple of {allowed}, got {formats!r}")
+    description = alt if alt is not None else alt_text(fig)
+    for fmt in formats:
+        meta = {"Subject": description} if fmt == "pdf" else {"Description": description}
+        for p in _figure_paths(name, f".{fmt}"):
+            fig.savefig(p, dpi=dpi, bbox_inches="tight", metadata=meta)
+
+
+def save_plotly(fig, name: str) -> None:
+    """Save a plotly figure as a standalone ``<name>.html`` that renders offline
+    (``output_dir() / "figures" / f"{name}.html"``)."""
+    for p in _figure_paths(name, ".html"):
         fig.write_html(p, include_plotlyjs=True, full_html=True)
-    return paths[0]

@@ -33,7 +33,27 @@ def run_and_check(name: str, device: str, tmp_path: Path, claims_ledger: list) -
     assert nb["status"] == "ok", f"{name}: {nb['status']}: {nb['error']}; {where}"
     assert not nb["regressions"], f"{name} regressed:\n" + "\n".join(
         f"  {r['metric']}: {r['reason']}" for r in nb["regressions"]) + f"\n{where}"
+    check_output_hygiene(result.out_dir / nb["executed"])
     return result.summary
+
+
+NOISE = ("PosixPath(", "np.float64(", "np.float32(", "tensor(")
+
+
+def check_output_hygiene(executed: Path) -> None:
+    """What a reader sees is narrative: no reprs of paths or NumPy/torch scalars, and no
+    ``Out[…]`` echoing a trailing ``record``/``save_figure``."""
+    import nbformat
+
+    nb = nbformat.read(executed, as_version=4)
+    for i, cell in enumerate(nb.cells):
+        for out in cell.get("outputs", []):
+            text = out.get("text", "") or out.get("data", {}).get("text/plain", "")
+            noisy = [n for n in NOISE if n in text]
+            assert not noisy, f"{executed.name} cell {i} prints {noisy}: {text[:200]!r}"
+            last = cell.source.strip().splitlines()[-1] if cell.source.strip() else ""
+            assert not (out.output_type == "execute_result" and "record(" in last), \
+                f"{executed.name} cell {i} echoes a trailing record(): {text[:100]!r}"
 
 
 @pytest.mark.notebook
