@@ -53,6 +53,7 @@ Interpretations, where the paper's text is silent:
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -67,6 +68,8 @@ __all__ = [
     "CodedResidualTransform",
     "GlobalPoolEmbedder",
     "TwoBranchCRT",
+    "VARIANTS",
+    "build_variant",
     "correlation",
     "count_parameters",
     "cross_branch_consistency_loss",
@@ -310,7 +313,7 @@ class GlobalPoolEmbedder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args: x ``(B, C, H, W)``. Returns: ``(B, D)`` unit-norm embeddings."""
-        check_feature_map(x, "x", self.in_channels)
+        check_feature_map(x, "x", self.in_channels, module=self)
         return F.normalize(self.net(x.mean(dim=(2, 3))), dim=1)  # (B, D)
 
     def extra_repr(self) -> str:
@@ -473,3 +476,65 @@ class CRTObjective(nn.Module):
         return (f"model={type(self._model).__name__}, diversity_weight={self.diversity_weight}, "
                 f"metric_weights={self.metric_weights}, consistency_weight={self.consistency_weight}, "
                 f"consistency_reduction={self.consistency_reduction!r}")
+
+
+# ----------------------------------------------------------------------------- the notebook's set
+
+VARIANTS = {
+    "gap_linear": "GAP + linear (control)",
+    "gap_mlp": "GAP + MLP, as many parameters as crt (control)",
+    "crt": "CRT: K prototypes, L_DIV + λ₁ L_MS",
+    "crt_k1": "CRT with K = 1 (one perspective)",
+    "crt_no_residual": "CRT without the − c_k of eq. (1)",
+    "crt_no_div": "CRT without L_DIV",
+    "two_branch": "two CRT branches, λ₂ = 0",
+    "two_branch_con": "two CRT branches + λ₂ L_CON",
+}
+
+
+def build_variant(name: str, in_channels: int, metric_loss: nn.Module, *,
+                  num_prototypes: int = 8, embedding_dim: int = 64,
+                  branch_prototypes: tuple[int, int] = (8, 16),
+                  branch_dims: tuple[int, int] = (64, 128),
+                  branch_metric_weights: tuple[float, float] = (1.0, 0.1),
+                  consistency_weight: float = 0.9, consistency_reduction: str = "sum",
+                  seed: int = 0) -> tuple[nn.Module, nn.Module]:
+    """One head of :data:`VARIANTS` and its training loss (notebook 04's matched set).
+
+    Every single-branch head embeds into the same ``D = embedding_dim``; the two-branch heads
+    retrieve with branch 1 (``D₁ = branch_dims[0]``), so ρ is compared at equal D. ``gap_mlp``
+    gets the hidden width that matches ``crt``'s parameter count (:func:`matched_hidden`).
+
+    Args:
+        name: a key of :data:`VARIANTS`.
+        in_channels: ``C`` of the feature maps.
+        metric_loss: the metric loss (copied for each head), e.g. multi-similarity.
+        num_prototypes, embedding_dim: ``K`` and ``D`` of the single-branch heads.
+        branch_prototypes, branch_dims: ``(K₁, K₂)`` and ``(D₁, D₂)`` of the two-branch heads.
+        branch_metric_weights: λ₁ per branch (paper, CUB/Cars: 1.0 and 0.1).
+        consistency_weight: λ₂ of ``two_branch_con`` (paper: 0.9).
+        consistency_reduction: ``"sum"`` (eq. 5) or ``"mean"``.
+        seed: seeds the initial weights (``torch.manual_seed``).
+
+    Returns:
+        ``(model, loss)`` for :func:`dmlviz.train.fit`.
+    """
+    if name not in VARIANTS:
+        raise ValueError(f"name must be one of {tuple(VARIANTS)}, got {name!r}")
+    torch.manual_seed(seed)
+    ms = copy.deepcopy(metric_loss)
+    c, k, d = in_channels, num_prototypes, embedding_dim
+    if name == "gap_linear":
+        return GlobalPoolEmbedder(c, d), ms
+    if name == "gap_mlp":
+        target = count_parameters(CodedResidualTransform(c, k, d))
+        torch.manual_seed(seed)
+        return GlobalPoolEmbedder(c, d, hidden=matched_hidden(c, d, target)), ms
+    if name.startswith("crt"):
+        model = CodedResidualTransform(c, 1 if name == "crt_k1" else k, d,
+                                       subtract_prototype=name != "crt_no_residual")
+        return model, CRTObjective(model, ms, diversity_weight=float(name != "crt_no_div"))
+    model = TwoBranchCRT(c, tuple(branch_prototypes), tuple(branch_dims))
+    lam = consistency_weight if name == "two_branch_con" else 0.0
+    return model, CRTObjective(model, ms, metric_weight=tuple(branch_metric_weights),
+                               consistency_weight=lam, consistency_reduction=consistency_reduction)
