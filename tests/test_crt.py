@@ -308,3 +308,29 @@ def test_prototype_figures_and_explorer():
     with pytest.raises(ValueError, match="corr"):
         plot_prototype_map(images[1], torch.randn(3))
     plt.close("all")
+
+
+def test_build_variant_matched_set():
+    """Notebook 04's heads: equal D for retrieval (two-branch heads retrieve with branch 1),
+    the MLP control as large as CRT, and the paper's per-branch λ₁ (1.0, 0.1) with λ₂ on L_CON."""
+    from dmlviz.attention.crt import VARIANTS, build_variant
+
+    x = torch.randn(4, 6, 3, 3)
+    built = {name: build_variant(name, 6, MultiSimilarityLoss(), num_prototypes=3, embedding_dim=5,
+                                 branch_prototypes=(3, 4), branch_dims=(5, 7), seed=0)
+             for name in VARIANTS}
+    for name, (model, _loss) in built.items():
+        assert model.eval()(x).shape == (4, 5), name
+    crt_params = count_parameters(built["crt"][0])
+    assert abs(count_parameters(built["gap_mlp"][0]) - crt_params) <= 6 + 1 + 5
+    assert built["crt_k1"][0].num_prototypes == 1
+    assert not built["crt_no_residual"][0].subtract_prototype
+    assert built["crt_no_div"][1].diversity_weight == 0.0 and built["crt"][1].diversity_weight == 1.0
+    con, plain = built["two_branch_con"][1], built["two_branch"][1]
+    assert con.consistency_weight == 0.9 and plain.consistency_weight == 0.0
+    assert con.metric_weights == (1.0, 0.1) and con.consistency_reduction == "sum"
+    # the same seed gives the same initial weights
+    again, _ = build_variant("crt", 6, MultiSimilarityLoss(), num_prototypes=3, embedding_dim=5, seed=0)
+    torch.testing.assert_close(again.prototypes, built["crt"][0].prototypes)
+    with pytest.raises(ValueError, match="name must be one of"):
+        build_variant("crt_v2", 6, MultiSimilarityLoss())
