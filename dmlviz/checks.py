@@ -3,8 +3,6 @@ what was given and what is allowed (instead of a broadcast error deep inside tor
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
@@ -118,7 +116,8 @@ def check_feature_map(x, name: str, channels: int | None = None, module=None) ->
     """Raise ``ValueError`` naming ``name`` unless ``x`` is a float tensor ``(B, C, H, W)``
     with B, C, H, W ≥ 1 and finite values (with ``C = channels`` when given, the channels a
     module was built for; and, when ``module`` is given, the dtype and device of its
-    weights, e.g. no float16 input to a float32 module)."""
+    weights, e.g. no float16 input to a float32 module, except under ``torch.autocast``,
+    where torch casts itself)."""
     if not torch.is_tensor(x) or x.ndim != 4 or not x.is_floating_point():
         got = (f"{type(x).__name__} {tuple(x.shape)} {x.dtype}" if torch.is_tensor(x)
                else type(x).__name__)
@@ -131,7 +130,7 @@ def check_feature_map(x, name: str, channels: int | None = None, module=None) ->
                          f"for), got shape {tuple(x.shape)}")
     if module is not None:
         weight = next((p for p in module.parameters() if p.is_floating_point()), None)
-        if weight is not None and weight.dtype != x.dtype:
+        if weight is not None and weight.dtype != x.dtype and not _autocast(x):
             raise ValueError(f"{name} has dtype {x.dtype} but the module's weights are "
                              f"{weight.dtype}; pass {name}.to({weight.dtype}) (or convert the "
                              f"module with .to({x.dtype}))")
@@ -141,10 +140,9 @@ def check_feature_map(x, name: str, channels: int | None = None, module=None) ->
     check_finite(x, name, "feature map")
 
 
-def check_positive_number(value, name: str) -> float:
-    """``value`` as a float if it is a finite number > 0 (not a bool); ``ValueError`` naming
-    ``name`` otherwise (NaN and inf are refused)."""
-    if (isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))
-            or not math.isfinite(value) or value <= 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
+def _autocast(x: torch.Tensor) -> bool:
+    """Under ``torch.autocast`` mixed dtypes are cast by torch itself: not an error."""
+    try:
+        return torch.is_autocast_enabled(x.device.type)
+    except TypeError:  # torch < 2.4: only the CUDA flag
+        return x.is_cuda and torch.is_autocast_enabled()

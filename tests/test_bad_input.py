@@ -565,6 +565,14 @@ def test_load_embeddings_can_drop_non_finite_rows(tmp_path):
     assert torch.equal(labels, torch.from_numpy(arrays["labels"][keep]))
 
 
+def test_mixed_dtypes_under_autocast_are_left_to_torch():
+    """The dtype check refuses float16 into a float32 module, except under torch.autocast,
+    where torch casts inputs itself (documented in check_feature_map)."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = _sa()(_map(dtype=torch.bfloat16))
+    assert y.shape == (2, 16, 4, 4) and torch.isfinite(y).all()
+
+
 def test_one_nan_row_no_longer_poisons_recall():
     """The issue's example: one NaN row in 200 took Recall@1 from 1.000 to 0.095 silently."""
     e = torch.eye(4).repeat_interleave(50, dim=0) + 0.01 * torch.randn(200, 4)
