@@ -13,6 +13,10 @@ Conventions (say them next to any table built from these numbers):
   counted, as in most papers' FLOP tables. Reported per image (per batch row), forward pass.
   A multiplication written as a broadcast (``a[..., None] * b[..., None, :]``) is element-wise
   and therefore not counted; write it as a matrix product when it should be.
+* **MACs** (multiply-accumulates) are half the FLOPs above: every operator the counter counts
+  is a sum of products, one multiply and one add each. Many papers' "FLOPs" columns are in
+  fact MACs — AiA's Table 8 (a 1×1 convolution ``c_in → c_out`` at ``hw`` positions counted as
+  ``c_in · c_out · hw``) is one; :func:`count_macs` and :attr:`ModuleCost.macs` give them.
 * **Parameters**: every element of ``module.parameters()`` (trainable or frozen; buffers such
   as fixed random Fourier frequencies or BatchNorm statistics are not parameters).
 * **Images per second**: forward passes in eval mode under ``torch.no_grad()``, median of
@@ -43,8 +47,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from dmlviz.checks import check_int
 from dmlviz.utils import get_device
 
-__all__ = ["ModuleCost", "cost_table", "count_flops", "count_parameters", "flops_by_operator",
-           "format_cost_table", "images_per_second", "make_inputs", "module_cost", "peak_memory"]
+__all__ = ["ModuleCost", "cost_table", "count_flops", "count_macs", "count_parameters",
+           "flops_by_operator", "format_cost_table", "images_per_second", "make_inputs",
+           "module_cost", "peak_memory"]
 
 Inputs = torch.Tensor | tuple[torch.Tensor, ...]
 
@@ -71,6 +76,11 @@ class ModuleCost:
     input_shape: tuple
     batch_size: int
     device: str
+
+    @property
+    def macs(self) -> int:
+        """Forward multiply-accumulates per image: ``flops // 2`` (see the module docstring)."""
+        return self.flops // 2
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -178,6 +188,15 @@ def count_flops(module: nn.Module, inputs, batch_size: int = 1, per_image: bool 
     xs = make_inputs(inputs, batch_size)
     total = sum(flops_by_operator(module, xs).values())
     return total // len(xs[0]) if per_image else total
+
+
+def count_macs(module: nn.Module, inputs, batch_size: int = 1, per_image: bool = True) -> int:
+    """Forward multiply-accumulates of ``module``: :func:`count_flops` ``// 2``.
+
+    The unit of tables that call a 1×1 convolution ``c_in → c_out`` at ``hw`` positions
+    ``c_in · c_out · hw`` "FLOPs" (e.g. AiA's Table 8). Same arguments as :func:`count_flops`.
+    """
+    return count_flops(module, inputs, batch_size=batch_size, per_image=per_image) // 2
 
 
 def _sync(device: torch.device) -> None:
@@ -340,12 +359,14 @@ def cost_table(modules: Mapping[str, nn.Module], inputs, **kwargs) -> dict[str, 
     return {name: module_cost(m, xs, **kwargs) for name, m in modules.items()}
 
 
-def format_cost_table(table: Mapping[str, ModuleCost], names: Sequence[str] | None = None) -> str:
+def format_cost_table(table: Mapping[str, ModuleCost], names: Sequence[str] | None = None,
+                      *, macs: bool = False) -> str:
     """A plain-text table of :func:`cost_table`'s result (parameters, MFLOPs, img/s, MiB).
 
     Args:
         table: ``{name: ModuleCost}``.
         names: the rows, in order (default: all, in the table's order).
+        macs: add an ``MMACs`` column (multiply-accumulates, ``MFLOPs / 2``) after ``MFLOPs``.
 
     Returns:
         The table as text; quantities that were not measured show as ``—``.
@@ -357,11 +378,14 @@ def format_cost_table(table: Mapping[str, ModuleCost], names: Sequence[str] | No
     missing = [n for n in names if n not in table]
     if missing:
         raise ValueError(f"names {missing} are not in the table; it holds {list(table)}")
-    rows = [f"{'module':<22s}{'params':>10s}{'MFLOPs':>10s}{'img/s':>10s}{'peak MiB':>10s}"]
+    mac_head = f"{'MMACs':>10s}" if macs else ""
+    rows = [f"{'module':<22s}{'params':>10s}{'MFLOPs':>10s}{mac_head}{'img/s':>10s}"
+            f"{'peak MiB':>10s}"]
     for name in names:
         c = table[name]
         ips = "—" if math.isnan(c.images_per_second) else f"{c.images_per_second:.0f}"
         mem = "—" if c.peak_memory_bytes < 0 else f"{c.peak_memory_bytes / 2**20:.2f}"
-        rows.append(f"{name:<22s}{c.parameters:>10,d}{c.flops / 1e6:>10.3f}{ips:>10s}{mem:>10s}")
+        mac = f"{c.macs / 1e6:>10.3f}" if macs else ""
+        rows.append(f"{name:<22s}{c.parameters:>10,d}{c.flops / 1e6:>10.3f}{mac}{ips:>10s}{mem:>10s}")
     return "\n".join(rows)
 

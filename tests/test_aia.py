@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -9,6 +10,8 @@ import torch
 from torch import nn
 
 from dmlviz.attention.aia import (
+    ABLATIONS,
+    PAPER_COSTS,
     VARIANTS,
     AttentionEmbedder,
     KernelAttention,
@@ -23,9 +26,11 @@ from dmlviz.attention.aia import (
     object_share,
     rff_kernel_error,
     sop_features,
+    table8_blocks,
     with_rff,
+    zero_shares,
 )
-from dmlviz.cost import count_flops, count_parameters
+from dmlviz.cost import count_flops, count_macs, count_parameters
 
 
 @pytest.fixture(autouse=True)
@@ -91,6 +96,149 @@ def test_rff_error_shrinks_like_one_over_sqrt_dim():
     for small, large in ((16, 256), (256, 4096)):
         assert 2.0 < errors[small] / errors[large] < 8.0
     assert errors == rff_kernel_error(x, [16, 256, 4096], sigma=1.0, seeds=(0, 1, 2))  # seeded
+
+
+@pytest.mark.parametrize("omega", ["fixed", "learned"])
+@pytest.mark.parametrize("features", ["cos+sin", "cos"])
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_rff_options_counts(omega, features, batch_norm):
+    """Eq. (14): cos and sin of c' projections give 2c' features; the cos-only form with phases
+    gives c'. Learned ω (and b) are parameters, fixed ones buffers; BN adds 2 per projection."""
+    c, cp = 5, 7
+    rff = RandomFourierFeatures(c, cp, sigma=1.5, seed=0, omega=omega, features=features,
+                                batch_norm=batch_norm)
+    assert rff.out_dim == (2 * cp if features == "cos+sin" else cp)
+    learned = (c * cp + (cp if features == "cos" else 0)) if omega == "learned" else 0
+    assert count_parameters(rff) == learned + (2 * cp if batch_norm else 0)
+    assert rff(torch.randn(3, 4, c)).shape == (3, 4, rff.out_dim)
+    # the same draw whether ω is learned or fixed (a learned ω starts as the paper's)
+    fixed = RandomFourierFeatures(c, cp, sigma=1.5, seed=0, features=features)
+    torch.testing.assert_close(rff.omega.detach(), fixed.omega)
+
+
+def test_rff_cos_only_formula():
+    """Rahimi & Recht's second form: κ(x) = √(2/c') cos(ωᵀx + b), b ~ U[0, 2π)."""
+    rff = RandomFourierFeatures(3, 9, sigma=2.0, seed=1, features="cos").double()
+    x = _x(4, 3)
+    expected = math.sqrt(2 / 9) * torch.cos(x @ rff.omega + rff.phase)
+    torch.testing.assert_close(rff(x), expected)
+    assert rff.phase.min() >= 0 and rff.phase.max() < 2 * math.pi
+
+
+@pytest.mark.parametrize("features", ["cos+sin", "cos"])
+def test_fixed_rff_still_converge_to_the_exact_gaussian_kernel(features):
+    """Remark 3, eq. (16): E[κ(x̄_i)ᵀκ(x̄_j)] = K(x̄_i, x̄_j) = exp(-‖x̄_i − x̄_j‖²/2σ²); the
+    average of c' random terms has an error that falls like 1/√c'. Exact kernel by formula."""
+    x = _x(40, 6) * 0.5
+    errors = rff_kernel_error(x, [16, 256, 4096], sigma=1.0, seeds=(0, 1, 2), features=features)
+    assert errors[16] > errors[256] > errors[4096]
+    for small, large in ((16, 256), (256, 4096)):
+        assert 2.0 < errors[small] / errors[large] < 8.0  # 16× the features: about 4× smaller
+    assert errors[4096] < 0.02
+
+
+def test_table8_counts_match_hand_counts_and_the_paper():
+    """Sec. 5.2.7: "The size of the input feature map to the attention block ... set to
+    480 × 16 × 8"; Table 8: Lin (r = 4) 0.015 / 0.18 M, SoP (r = 8) 0.117 / 1.79 M, Gau
+    (r = 4, c' = 480) 0.044 / 0.58 M ("FLOPs" ×10⁹ that are multiply-accumulates). Table 3:
+    SE and NL (r = 4) 0.12 M and 0.23 M. Hand counts of 1×1 conv (+ bias) + BN layers."""
+    C, hw = 480, 16 * 8
+
+    def conv_bn(cin, cout):  # weights + bias + BN (γ, β)
+        return cin * cout + cout + 2 * cout
+
+    blocks = table8_blocks(C)
+    assert set(blocks) == set(PAPER_COSTS)
+    c4, c8 = C // 4, C // 8
+    sop = c8 * (c8 + 1) // 2
+    hand = {  # (parameters, MACs per image)
+        "Lin w/o AiA (r=4)": (conv_bn(C, c4) + conv_bn(c4, C), 2 * C * c4 * hw),
+        "Lin w/ AiA (r=4)": (conv_bn(C, c4) + 2 * conv_bn(c4, C), 2 * C * c4 * hw + c4 * C),
+        "SE (r=4)": (C * c4 + c4 + c4 * C + C, 2 * C * c4),
+        "NL (r=4)": (3 * (C * c4 + c4) + c4 * C + C, 4 * C * c4 * hw + 2 * hw * hw * c4),
+        "SoP w/ AiA (r=8)": (conv_bn(C, c8) + 2 * conv_bn(sop, C),
+                             C * c8 * hw + c8 * c8 * hw + sop * C * hw + sop * C),
+        "Gau w/ AiA (r=4, c'=480): fixed ω, cos+sin (eq. 14)": (
+            conv_bn(C, c4) + 2 * conv_bn(960, C), C * c4 * hw + c4 * 480 * hw + 960 * C * hw + 960 * C),
+        "Gau w/ AiA (r=4, c'=480): learned ω, cos, BN (code)": (
+            conv_bn(C, c4) + (c4 * 480 + 480 + 2 * 480) + 2 * conv_bn(480, C),
+            C * c4 * hw + c4 * 480 * hw + 480 * C * hw + 480 * C),
+    }
+    for name, block in blocks.items():
+        params, macs = hand[name]
+        assert count_parameters(block) == params, name
+        assert count_macs(block, (C, 16, 8)) == macs, name
+        paper = PAPER_COSTS[name]
+        if name != "Gau w/ AiA (r=4, c'=480): fixed ω, cos+sin (eq. 14)":
+            assert round(params / 1e6, 2) == paper["params_M"], name
+            if paper["GMACs"] is not None:
+                assert abs(macs / 1e9 - paper["GMACs"]) < 0.0006, name
+    assert count_parameters(blocks["Lin w/ AiA (r=4)"]) == 176_040
+    assert count_parameters(blocks["Gau w/ AiA (r=4, c'=480): learned ω, cos, BN (code)"]) == 580_680
+
+
+def test_se_and_nonlocal_use_the_papers_reduction_by_default():
+    """Sec. 5.2.2: "We set the dimensionality reduction factor as 4 in both SE and NL blocks"."""
+    assert SEBlock(480).fc1.out_features == 120
+    assert make_attention("se", 480).fc1.out_features == 120
+    assert make_attention("nonlocal", 480).reduced == 120
+
+
+def test_median_sigma_is_set_on_the_reduced_features_of_the_first_training_batch():
+    """σ by the median heuristic on x̄ = φ(x) (the features the Gaussian kernel of eq. 13 sees),
+    checked against an explicit median over all pairs of positions."""
+    torch.manual_seed(6)
+    block = KernelAttention(16, "gaussian", reduction=4, rff_dim=8, sigma="median")
+    x = torch.rand(3, 16, 4, 4) * 3
+    omega0 = block.features.rff.omega.clone()
+    block.eval()
+    block(x)  # an eval-mode pass (e.g. test data) never calibrates
+    assert not bool(block.sigma_calibrated) and block.sigma == 1.0
+    block.train()
+    with torch.no_grad():
+        xr = copy.deepcopy(block.reduce)(x).movedim(1, -1).reshape(-1, 4).double()
+    n = len(xr)
+    dists = [float((xr[i] - xr[j]).norm()) for i in range(n) for j in range(i + 1, n)]
+    expected = float(torch.tensor(dists).median())
+    block(x)  # the first training pass sets σ
+    assert bool(block.sigma_calibrated)
+    assert math.isclose(block.sigma, expected, rel_tol=1e-6)
+    torch.testing.assert_close(block.features.rff.omega, omega0 / expected)
+    block(x * 10)  # later batches do not move it
+    assert math.isclose(block.sigma, expected, rel_tol=1e-6)
+    fresh = KernelAttention(16, "gaussian", reduction=4, rff_dim=8, sigma="median")
+    fresh.load_state_dict(block.state_dict())  # σ travels with the checkpoint
+    assert math.isclose(fresh.sigma, expected, rel_tol=1e-6) and bool(fresh.sigma_calibrated)
+    explicit = KernelAttention(16, "gaussian", reduction=4, rff_dim=8, sigma="median")
+    s = explicit.calibrate_sigma(x)
+    assert s > 0 and explicit.sigma == s
+
+
+def test_zero_shares_and_the_half_mask():
+    """With ReLU after ϖ and ϕ (Sec. 4.4) x̂ = ϖ(m) ⊗ ϕ(x̃) is 0 where either factor is 0,
+    and there z = Sigmoid(0) = 0.5 exactly."""
+    maps = {"z": torch.tensor([0.5, 0.7, 0.5, 0.9]), "outer": torch.tensor([0.0, 1.0, 2.0, 0.0]),
+            "inner": torch.tensor([[0.0, 3.0]])}
+    assert zero_shares(maps) == {"inner_zero": 0.5, "outer_zero": 0.5, "z_half": 0.5}
+    assert math.isnan(zero_shares({**maps, "inner": None})["inner_zero"])
+    torch.manual_seed(7)
+    block = KernelAttention(16, "linear", reduction=4).eval()
+    _, m = block(torch.randn(4, 16, 5, 5), return_maps=True)
+    product_zero = (m["inner"][:, :, None, None] * m["outer"]) == 0
+    assert torch.equal(product_zero, m["z"] == 0.5)
+    assert zero_shares(m)["z_half"] == float(product_zero.double().mean()) > 0.25
+    with pytest.raises(ValueError, match="maps must be the dict"):
+        zero_shares({"z": m["z"]})
+
+
+def test_without_final_relu_the_mask_can_go_below_half():
+    torch.manual_seed(8)
+    block = make_attention("sop_no_relu", 16, reduction=4)
+    assert not block.final_relu and not any(isinstance(layer, nn.ReLU) for layer in block.outer)
+    assert not any(isinstance(layer, nn.ReLU) for layer in block.inner)
+    _, m = block(torch.randn(4, 16, 5, 5), return_maps=True)
+    assert (m["z"] < 0.5).any() and (m["z"] > 0.5).any()
+    assert set(ABLATIONS) == {"lin_no_relu", "sop_no_relu", "gau_no_relu"}
 
 
 def test_median_distance():
@@ -163,6 +311,11 @@ def test_with_rff_changes_sigma_and_dim_without_retraining():
         with_rff(block, rff_dim=13)
     with pytest.raises(ValueError, match="kind='gaussian'"):
         with_rff(KernelAttention(8, "linear", reduction=2))
+    cos = KernelAttention(8, "gaussian", reduction=2, rff_dim=12, rff_features="cos",
+                          omega="learned").eval()
+    small = with_rff(cos, rff_dim=5)
+    assert small.features.out_dim == 5 and small.outer[0].in_channels == 5
+    assert small.features.rff.phase.shape == (5,) and small(x).shape == x.shape
 
 
 def test_variants_and_embedder():
@@ -246,6 +399,14 @@ def test_bad_inputs_raise_clear_errors():
         aia_from_se(nn.Linear(3, 3))
     with pytest.raises(ValueError, match="y must be a tensor"):
         rff_kernel_error(torch.randn(4, 3), [8], y=torch.randn(4, 2))
+    with pytest.raises(ValueError, match="omega must be one of"):
+        RandomFourierFeatures(4, 8, omega="trained")
+    with pytest.raises(ValueError, match="features must be one of"):
+        RandomFourierFeatures(4, 8, features="sin")
+    with pytest.raises(ValueError, match="sigma must be a finite number > 0 or 'median'"):
+        KernelAttention(16, "gaussian", sigma="mean")
+    with pytest.raises(ValueError, match="calibrate_sigma needs kind='gaussian'"):
+        KernelAttention(16, "linear").calibrate_sigma(torch.randn(2, 16, 3, 3))
 
 
 # ----------------------------------------------------------------------------- figures

@@ -12,6 +12,7 @@ from dmlviz.cost import (
     ModuleCost,
     cost_table,
     count_flops,
+    count_macs,
     count_parameters,
     flops_by_operator,
     format_cost_table,
@@ -54,6 +55,23 @@ def test_flops_of_3x3_conv_linear_and_matmul():
     assert count_flops(Gram(), (12, 5)) == 2 * 12 * 12 * 5
     # element-wise work is not counted (module docstring)
     assert count_flops(nn.Sequential(nn.BatchNorm2d(4), nn.ReLU(), nn.Sigmoid()), (4, 8, 8)) == 0
+
+
+def test_macs_are_multiply_accumulates_of_a_hand_count():
+    """AiA's Table 8 counts a 1×1 convolution ``c_in → c_out`` at ``h·w`` positions as
+    ``c_in · c_out · h · w`` "FLOPs" — multiply-accumulates. Hand counts, not the counter."""
+    cin, cout, h, w = 16, 8, 5, 7
+    conv = nn.Conv2d(cin, cout, 1)
+    assert count_macs(conv, (cin, h, w)) == cin * cout * h * w
+    assert count_macs(conv, (cin, h, w), batch_size=3, per_image=False) == 3 * cin * cout * h * w
+    assert count_macs(nn.Linear(10, 3), (10,)) == 10 * 3
+    c = module_cost(conv, (cin, h, w), batch_size=2, time_it=False, memory=False)
+    assert c.macs == cin * cout * h * w and c.flops == 2 * c.macs
+    text = format_cost_table({"conv": c}, macs=True)
+    assert text.splitlines()[0].split()[:4] == ["module", "params", "MFLOPs", "MMACs"]
+    assert text.splitlines()[1].split()[2:4] == [f"{2 * cin * cout * h * w / 1e6:.3f}",
+                                                 f"{cin * cout * h * w / 1e6:.3f}"]
+    assert "MMACs" not in format_cost_table({"conv": c})  # unchanged by default
 
 
 def test_count_parameters():

@@ -1,56 +1,102 @@
 """Attention in attention (AiA): linear, second-order polynomial (SoP) and Gaussian kernel attention.
 
 Fang, Zhou, Roy, Ji, Petersson & Harandi, "Attention in Attention Networks for Person
-Retrieval", IEEE TPAMI 44(9), 2022, section 3, eqs. (1)–(17), Tables 1, 3, 4 and 8.
+Retrieval", IEEE TPAMI 44(9), 2022 (``shared/papers/aia-attention-in-attention-kernels-tpami.txt``),
+section 3, eqs. (1)–(17), Table 1; the block's layers (section 4.4); the baselines and costs of
+Tables 3, 4 and 8 (sections 5.2.2, 5.2.3, 5.2.7).
 
-An AiA block turns a feature map ``x`` (C channels, N = H·W positions) into a soft mask ``z``
-of the same shape and returns ``x^z = z ⊗ x``::
+The paper's symbols (used the same way here, in the notebook and in the code comments)
+-------------------------------------------------------------------------------------
 
-    x̃ = φ(x)                 1×1 conv + BN + ReLU, C → c = C/r                      (1)
-    ϕ(x̃) ∈ R^{c'}            kernel features at every position (below)
-    m = GAP(ϕ(x̃)) ∈ R^{c'}   what the whole map looks like in kernel feature space    (2)
-    ϖ(m) ∈ R^C                inner attention: 1×1 conv + BN + ReLU, c' → C            (3)
-    z = sigmoid(ϖ(m) ⊗ ψ(ϕ(x̃))),   x^z = z ⊗ x                                       (4)
+=====================  =============================  =================================================
+paper                  here                           meaning
+=====================  =============================  =================================================
+``X``, ``x ∈ R^c``     ``x``, ``C`` channels          input map; its local feature at one position
+``r``                  ``reduction``                  dimensionality reduction factor
+``φ(·)`` (\\varphi)    ``KernelAttention.reduce``     1×1 conv + BN + ReLU, ``c → c̄ = c/r`` (eq. 1)
+``x̄ = φ(x)``           ``maps["reduced"]``            the reduced local feature, ``c̄`` channels
+``SoP(·)``, ``Gau(·)``  ``KernelAttention.features``   explicit kernel feature map (Table 1, eqs. 9, 14);
+                                                      the identity for the linear kernel
+``x̃``                  ``maps["features"]``           kernel features of ``x̄`` (``x̃ = x̄`` if linear)
+``κ(·)``               :class:`RandomFourierFeatures`  the randomised embedding of eq. (14): ``Gau = κ``
+``ω_i``, ``c'``        ``omega``, ``rff_dim``         random frequencies and their number (``2c'`` features)
+``σ``                  ``sigma``                      width of the Gaussian kernel (eq. 13)
+``m``                  —                              ``GAP(x̃)``, the global feature (eq. 2)
+``ϖ(·)`` (\\varpi)     ``KernelAttention.inner``      inner attention: 1×1 conv + BN + ReLU → ``c``
+``ϕ(·)`` (\\phi)       ``KernelAttention.outer``      outer embedding: 1×1 conv + BN + ReLU → ``c``
+``x̂ = ϖ(m) ⊗ ϕ(x̃)``   —                              the inter-dependency of global and local (eq. 3)
+``z = Sigmoid(x̂)``     ``maps["z"]``                  the attention mask
+``x^z = z ⊗ x``        the block's output             the attended map (eq. 4)
+=====================  =============================  =================================================
 
-``ψ`` (1×1 conv + BN + ReLU, c' → C) is the *outer* attention: a per-position mask computed
-from that position's kernel features. The *inner* attention ``ϖ(m)`` is one weight per
-channel computed from the whole map; it re-weights the outer attention — attention inside
-attention. Without AiA (``inner=False``) the mask is the outer attention alone,
-``z = sigmoid(ψ(ϕ(x̃)))`` — eqs. (7), (12) and (17) for the three kernels.
+``φ`` (U+03C6, the paper's ``\\varphi``) is the **reduction**, ``ϕ`` (U+03D5, the paper's
+``\\phi``) the **outer embedding**; some fonts draw the two glyphs the other way round, so
+the code names them in words (``reduce``, ``outer``). Section 4.4 writes ``ω(·)`` where it
+means ``ϖ(·)``. In eq. (5) ``σ(·)`` and ``ξ(·)`` are SE's gating functions, not the kernel width.
+The package's shape alphabet writes the paper's ``c`` as ``C``.
 
-The three kernels (Table 1), each an explicit feature map ϕ with ``⟨ϕ(x), ϕ(y)⟩ ≈ k(x, y)``:
+The block
+---------
+::
 
-* **linear** ``k(x, y) = xᵀy``: ``ϕ(x̃) = x̃``, ``c' = c`` (eqs. 6–7).
-* **second-order polynomial** ``k(x, y) = (xᵀy)²``: :func:`sop_features`, the upper triangle
-  of ``x̃x̃ᵀ`` vectorised, ``c' = c(c+1)/2`` (eqs. 8–12). ``GAP`` of these features is the
-  (uncentred) covariance of the map — second-order pooling.
-* **Gaussian** ``k(x, y) = exp(-‖x-y‖² / 2σ²)``: :class:`RandomFourierFeatures` (Rahimi &
-  Recht, NeurIPS 2007), ``ω_i ~ N(0, σ⁻²I)`` fixed, ``ϕ(x) = √(1/c')[cos(ωᵀx); sin(ωᵀx)]``,
-  ``2c'`` features for ``c'`` frequencies (eqs. 13–17). The approximation error shrinks like
-  ``1/√c'`` (Remark 3, eq. 16) — :func:`rff_kernel_error` measures it.
+    x̄ = φ(x)                                    (1)   C → c̄ = C/r
+    x̃ = x̄ | SoP(x̄) | Gau(x̄)                  Table 1, eqs. (8)–(9), (13)–(15)
+    m = (1/hw) Σ_i x̃_i                          (2)   (the paper writes eq. 2 for x̄, eq. 10 for x̃)
+    x̂ = ϖ(m) ⊗ ϕ(x̃),   z = Sigmoid(x̂)          (3), (10)
+    x^z = z ⊗ x                                 (4)
 
-The paper's baselines (Table 3): :class:`SEBlock` (squeeze-and-excitation, Hu et al., CVPR
-2018, eq. 5) and the non-local block, which is
-:class:`dmlviz.attention.second_order.SecondOrderAttention` (one copy in the package).
-:func:`aia_from_se` builds the AiA block that computes an SE block exactly (eqs. 5 vs 6).
-Costs (Table 8) come from :func:`dmlviz.cost.module_cost`.
+``ϖ(m) ∈ R^C`` is one weight per channel computed from the whole map; it re-weights the
+per-position outer embedding ``ϕ(x̃)`` — attention inside attention. Without AiA
+(``inner=False``) the mask is ``z = Sigmoid(ϕ(x̃))`` — eqs. (7), (12), (17).
 
-Interpretations — no copy of the paper was at hand; the structure follows the issue text,
-memory of the paper and the authors' public code (``PengfeiFANGanu/Attention-in-Attention-
-Networks``, ``models/*_baseline_AIA.py``), and where they leave a choice we say so:
+The three kernels (Table 1), each an explicit feature map with ``⟨x̃_i, x̃_j⟩ ≈ K(x̄_i, x̄_j)``:
 
-* ``ψ`` and ``ϖ`` are both 1×1 conv + BN + ReLU (the authors' ``_dim_change`` blocks), and
-  ``⊗`` in eq. (4) is the channel-wise product of ``ϖ(m) ∈ R^C`` with the ``(C, H, W)`` map
-  ``ψ(ϕ(x̃))``. Both factors are ≥ 0 after ReLU, so **z ∈ [0.5, 1)**: a mask can at most halve
-  a feature. We keep this (it is what the reference code trains) and the notebook shows it.
-* The SoP features keep the paper's upper triangle *without* the √2 on off-diagonal terms
-  (as in the authors' code), so ``⟨SoP(x), SoP(y)⟩ = ((xᵀy)² + Σ_i x_i² y_i²) / 2``, not
-  ``(xᵀy)²`` as eq. (11) states; ``exact_kernel=True`` adds the √2 and makes it exact.
-* The random Fourier frequencies are a fixed buffer (the issue's eqs. 13–15). The authors'
-  code instead *learns* a 1×1 conv initialised like ω, followed by BN and cos only.
-* ``rff_dim`` is ``c'``, the number of frequencies; the Gaussian features have ``2·c'``
-  channels (cos and sin).
-* BatchNorm in ``ϖ`` sees one value per image, so training needs batches of ≥ 2 images.
+* **linear** ``K(x, y) = xᵀy``: ``x̃ = x̄``, ``c̄`` features (eqs. 6–7).
+* **second-order polynomial**: :func:`sop_features`, the upper triangle of ``x̄x̄ᵀ``
+  vectorised, ``c̄(c̄+1)/2`` features (eqs. 8–12). ``m`` is then the (uncentred)
+  auto-correlation of ``X̄`` — second-order pooling.
+* **Gaussian** ``K(x, y) = exp(-‖x-y‖² / 2σ²)``: :class:`RandomFourierFeatures` (Rahimi &
+  Recht, NeurIPS 2007), ``κ(x̄) = √(1/c')[cos(ωᵀx̄); sin(ωᵀx̄)]`` with ``ω_i ~ N(0, σ⁻²I)``,
+  ``2c'`` features (eqs. 13–16). The error shrinks like ``1/√c'`` (Remark 3) —
+  :func:`rff_kernel_error` measures it.
+
+The baselines of Table 3: :class:`SEBlock` (eq. 5) and the non-local block
+(:class:`dmlviz.attention.second_order.SecondOrderAttention`, one copy in the package), both
+with the paper's reduction ``r = 4`` by default ("We set the dimensionality reduction factor as
+4 in both SE and NL blocks", section 5.2.2). :func:`aia_from_se` builds the AiA block that
+computes an SE block exactly (eqs. 5 vs 6). :func:`table8_blocks` builds the blocks of Tables 3
+and 8 at the paper's input ``480 × 16 × 8`` and :data:`PAPER_COSTS` holds the paper's numbers.
+
+Choices where the paper leaves room (each is visible in the notebook)
+---------------------------------------------------------------------
+* ``ϕ`` and ``ϖ`` end in BN + ReLU, as section 4.4 states for all three embedding functions.
+  Their product is then ``≥ 0``, so **z ∈ [0.5, 1)**: a mask can at most halve a feature,
+  and wherever either factor is exactly 0 (about half of the ReLU outputs at initialisation)
+  ``z`` is exactly 0.5. :func:`zero_shares` measures both; ``final_relu=False`` drops the
+  ReLU after ``ϕ`` and ``ϖ`` (an ablation, not the paper's block).
+* SoP features keep the plain upper triangle (eq. 9 and the authors' code), so
+  ``⟨SoP(x), SoP(y)⟩ = ((xᵀy)² + Σ_u x_u² y_u²) / 2``; eq. (11) expands it as if each
+  off-diagonal pair were counted twice. ``exact_kernel=True`` adds √2 to the off-diagonal
+  terms and makes ``⟨SoP(x), SoP(y)⟩ = (xᵀy)²`` exact.
+* Eq. (15) as printed draws ``ω`` from ``N(0, I)`` (σ = 1); the Fourier transform of the
+  kernel of eq. (13) is ``N(0, σ⁻²I)``, which is what :class:`RandomFourierFeatures` draws.
+* The paper's Gaussian features are fixed (``omega="fixed"``, ``features="cos+sin"``:
+  eq. 14, "learnable parameters are avoided in the non-linear transformation"). Its
+  Table 8 numbers for Gau-attention (0.58 M parameters, 0.044 G) fit instead the authors'
+  code: a *learned* ``c̄ → c'`` 1×1 convolution initialised like ``ω`` with a phase
+  ``b ~ U[0, 2π)``, BatchNorm and ``cos`` only (``omega="learned"``, ``features="cos"``,
+  ``batch_norm=True``: 580,680 parameters and 44.5 M multiply-accumulates at 480×16×8 with
+  ``r = 4``, ``c' = 480``; the fixed cos+sin block has 982,440 and 74.2 M). Both are here.
+* ``σ``: the paper gives no value. ``sigma="median"`` sets σ to the median distance between
+  the reduced features ``x̄`` of the first training batch the block sees (the "median
+  heuristic"), computed after ``φ`` — the features the kernel is applied to — never on test
+  data (:meth:`KernelAttention.calibrate_sigma` does it on a batch you pass). A fixed number
+  is taken as given. ``σ = 1`` on these features makes the kernel ≈ 0 between different
+  positions.
+* BatchNorm in ``ϖ`` sees one vector per image, so training needs batches of ≥ 2 images.
+* The paper's "FLOPs" in Tables 3 and 8 are multiply-accumulates (MACs): a 1×1 convolution
+  ``c_in → c_out`` at ``hw`` positions counts ``c_in · c_out · hw``. :func:`dmlviz.cost.count_macs`
+  counts them; :func:`dmlviz.cost.count_flops` counts 2 × MACs.
 """
 
 from __future__ import annotations
@@ -65,7 +111,11 @@ from torch import nn
 from dmlviz.checks import check_feature_map, check_int
 
 __all__ = [
+    "ABLATIONS",
     "KINDS",
+    "PAPER_COSTS",
+    "RFF_FEATURES",
+    "RFF_OMEGA",
     "VARIANTS",
     "AttentionEmbedder",
     "KernelAttention",
@@ -80,10 +130,14 @@ __all__ = [
     "object_share",
     "rff_kernel_error",
     "sop_features",
+    "table8_blocks",
     "with_rff",
+    "zero_shares",
 ]
 
 KINDS = ("linear", "sop", "gaussian")
+RFF_OMEGA = ("fixed", "learned")
+RFF_FEATURES = ("cos+sin", "cos")
 
 
 def _check_positive(value, name: str) -> float:
@@ -92,77 +146,138 @@ def _check_positive(value, name: str) -> float:
     return float(value)
 
 
+def _check_choice(value, name: str, choices: tuple) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def _check_sigma(sigma) -> float | str:
+    if sigma == "median":
+        return "median"
+    if isinstance(sigma, str):
+        raise ValueError(f"sigma must be a finite number > 0 or 'median', got {sigma!r}")
+    return _check_positive(sigma, "sigma")
+
 
 # ----------------------------------------------------------------------------- kernel features
 
 def sop_features(x: torch.Tensor, exact_kernel: bool = False) -> torch.Tensor:
-    """Second-order polynomial features: the upper triangle of ``x xᵀ``, vectorised (eqs. 8–9).
+    """Second-order polynomial features ``SoP(x̄) = Vec(UTri(x̄x̄ᵀ))`` (eqs. 8–9).
 
     Args:
-        x: ``(..., c)`` vectors (for a map ``(B, c, H, W)`` use ``x.movedim(1, -1)``).
+        x: ``(..., c̄)`` vectors (for a map ``(B, c̄, H, W)`` use ``x.movedim(1, -1)``).
         exact_kernel: multiply the off-diagonal terms by √2, so that
-            ``⟨SoP(x), SoP(y)⟩ = (xᵀy)²`` exactly (eq. 11's claim). Without it (the paper's
-            and the authors' choice) ``⟨SoP(x), SoP(y)⟩ = ((xᵀy)² + Σ_i x_i² y_i²) / 2``.
+            ``⟨SoP(x), SoP(y)⟩ = (xᵀy)²`` exactly. Without it (eq. 9 and the authors'
+            code) ``⟨SoP(x), SoP(y)⟩ = ((xᵀy)² + Σ_u x_u² y_u²) / 2``.
 
     Returns:
-        ``(..., c(c+1)/2)``: ``x_i x_j`` for ``i ≤ j`` in row-major order of the triangle.
+        ``(..., c̄(c̄+1)/2)``: ``x_u x_s`` for ``u ≤ s`` in row-major order of the triangle.
     """
     if not torch.is_tensor(x) or x.ndim < 1 or not x.is_floating_point() or x.shape[-1] < 1:
         raise ValueError(f"x must be a float tensor (..., c) with c >= 1, got "
                          f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
     c = x.shape[-1]
-    outer = x.unsqueeze(-1) @ x.unsqueeze(-2)  # (..., c, c) x xᵀ, eq. (8)
+    outer = x.unsqueeze(-1) @ x.unsqueeze(-2)  # (..., c̄, c̄) Y = x̄x̄ᵀ, eq. (8)
     rows, cols = torch.triu_indices(c, c, device=x.device)
-    feats = outer[..., rows, cols]  # (..., c(c+1)/2) upper triangle, eq. (9)
+    feats = outer[..., rows, cols]  # (..., c̄(c̄+1)/2) Vec(UTri(Y)), eq. (9)
     if exact_kernel:
         scale = torch.full(rows.shape, math.sqrt(2.0), dtype=x.dtype, device=x.device)
         scale[rows == cols] = 1.0
-        feats = feats * scale  # ⟨·,·⟩ = (xᵀy)², eq. (11)
+        feats = feats * scale  # ⟨·,·⟩ = (xᵀy)²
     return feats
 
 
 class RandomFourierFeatures(nn.Module):
-    """Random Fourier features of the Gaussian kernel (eqs. 13–15).
+    """Random Fourier features ``κ(x̄)`` of the Gaussian kernel (eqs. 13–16), and the
+    authors'-code variant.
 
-    ``ϕ(x) = √(1/c') [cos(ωᵀx); sin(ωᵀx)]`` with ``c'`` fixed frequencies ``ω_i ~ N(0, σ⁻² I)``,
-    so that ``⟨ϕ(x), ϕ(y)⟩ = (1/c') Σ_i cos(ω_iᵀ(x - y)) → exp(-‖x - y‖² / 2σ²)``.
+    * ``features="cos+sin"`` (eq. 14): ``κ(x) = √(1/c') [cos(ωᵀx); sin(ωᵀx)]``, ``2c'``
+      features, ``⟨κ(x), κ(y)⟩ = (1/c') Σ_i cos(ω_iᵀ(x − y))``.
+    * ``features="cos"`` (Rahimi & Recht's second form): ``κ(x) = √(2/c') cos(ωᵀx + b)``
+      with phases ``b_i ~ U[0, 2π)``, ``c'`` features; also unbiased for the kernel,
+      ``E[2 cos(ωᵀx + b) cos(ωᵀy + b)] = cos(ωᵀ(x − y))``.
+
+    With ``ω_i ~ N(0, σ⁻² I)`` both converge to ``exp(-‖x - y‖² / 2σ²)`` like ``1/√c'``.
 
     Args:
-        in_dim: ``c``, the dimension of the input vectors.
-        rff_dim: ``c'``, the number of random frequencies (output has ``2·c'`` features).
+        in_dim: ``c̄``, the dimension of the input vectors.
+        rff_dim: ``c'``, the number of random frequencies.
         sigma: σ, the kernel width (> 0).
         seed: seed of the frequencies (default: the global torch generator, so
             ``torch.manual_seed`` before building a model fixes them).
+        omega: ``"fixed"`` (a buffer, never trained: the paper's eqs. 14–15) or
+            ``"learned"`` (a parameter initialised with the same draw, trained with the
+            model: the authors' code).
+        features: ``"cos+sin"`` (eq. 14) or ``"cos"`` (with random phases).
+        batch_norm: BatchNorm over the ``c'`` projections ``ωᵀx (+ b)`` before the cosine
+            (the authors' ``RFFConv``: conv → BN → cos). It breaks the kernel identity; it
+            is here to reproduce Table 8's parameter count.
 
     Attributes:
-        omega: ``(c, c')`` buffer (saved with the state dict, never trained).
+        omega: ``(c̄, c')`` frequencies (buffer or parameter).
+        phase: ``(c',)`` phases ``b`` for ``features="cos"`` (else ``None``).
+        norm: the ``BatchNorm1d(c')`` or ``None``.
     """
 
     def __init__(self, in_dim: int, rff_dim: int = 480, sigma: float = 1.0,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, omega: str = "fixed", features: str = "cos+sin",
+                 batch_norm: bool = False) -> None:
         super().__init__()
         self.in_dim = check_int(in_dim, "in_dim", 1)
         self.rff_dim = check_int(rff_dim, "rff_dim", 1)
-        self.sigma = _check_positive(sigma, "sigma")
+        sigma = _check_positive(sigma, "sigma")
+        self.omega_mode = _check_choice(omega, "omega", RFF_OMEGA)
+        self.features = _check_choice(features, "features", RFF_FEATURES)
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        omega = torch.randn(self.in_dim, self.rff_dim, generator=gen) / self.sigma  # eq. (14)
-        self.register_buffer("omega", omega)
+        w = torch.randn(self.in_dim, self.rff_dim, generator=gen) / sigma  # ω ~ N(0, σ⁻²I)
+        b = None
+        if self.features == "cos":
+            b = torch.rand(self.rff_dim, generator=gen) * (2 * math.pi)  # b ~ U[0, 2π)
+        if self.omega_mode == "learned":
+            self.omega = nn.Parameter(w)
+            self.phase = nn.Parameter(b) if b is not None else None
+        else:
+            self.register_buffer("omega", w)
+            self.register_buffer("phase", b)
+        self.register_buffer("_sigma", torch.tensor(sigma, dtype=torch.float64))
+        self.norm = nn.BatchNorm1d(self.rff_dim) if batch_norm else None
+
+    @property
+    def sigma(self) -> float:
+        """σ the frequencies were drawn (or last rescaled) for."""
+        return float(self._sigma)
 
     @property
     def out_dim(self) -> int:
-        return 2 * self.rff_dim
+        """Number of features: ``2c'`` for cos+sin, ``c'`` for cos."""
+        return 2 * self.rff_dim if self.features == "cos+sin" else self.rff_dim
+
+    @torch.no_grad()
+    def set_sigma(self, sigma: float) -> None:
+        """Rescale the frequencies to a new σ (``ω ← ω · σ_old / σ``), as if drawn for it."""
+        sigma = _check_positive(sigma, "sigma")
+        self.omega.mul_(self.sigma / sigma)
+        self._sigma.fill_(sigma)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Args: x ``(..., c)``. Returns: ``(..., 2c')`` features."""
+        """Args: x ``(..., c̄)``. Returns: ``(..., out_dim)`` features."""
         if not torch.is_tensor(x) or x.ndim < 1 or x.shape[-1] != self.in_dim:
             raise ValueError(f"x must be a tensor (..., {self.in_dim}), got "
                              f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
-        proj = x @ self.omega.to(x.dtype)  # (..., c') ωᵀx
+        proj = x @ self.omega.to(x.dtype)  # (..., c') ωᵀx̄
+        if self.phase is not None:
+            proj = proj + self.phase.to(x.dtype)  # ωᵀx̄ + b
+        if self.norm is not None:
+            proj = self.norm(proj.reshape(-1, self.rff_dim)).reshape(proj.shape)
+        if self.features == "cos":
+            return math.sqrt(2.0 / self.rff_dim) * torch.cos(proj)
         scale = math.sqrt(1.0 / self.rff_dim)
-        return scale * torch.cat([torch.cos(proj), torch.sin(proj)], dim=-1)  # eq. (15)
+        return scale * torch.cat([torch.cos(proj), torch.sin(proj)], dim=-1)  # eq. (14)
 
     def extra_repr(self) -> str:
-        return f"in_dim={self.in_dim}, rff_dim={self.rff_dim}, sigma={self.sigma:g}"
+        return (f"in_dim={self.in_dim}, rff_dim={self.rff_dim}, omega={self.omega_mode!r}, "
+                f"features={self.features!r}, batch_norm={self.norm is not None}")
 
 
 def gaussian_kernel(x: torch.Tensor, y: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
@@ -173,22 +288,23 @@ def gaussian_kernel(x: torch.Tensor, y: torch.Tensor, sigma: float = 1.0) -> tor
 
 def median_distance(x: torch.Tensor, max_points: int = 2000, seed: int = 0) -> float:
     """Median pairwise Euclidean distance of the rows of ``x (n, c)`` — the "median
-    heuristic" for the Gaussian kernel's σ (a subsample of ``max_points`` rows if larger)."""
+    heuristic" for the Gaussian kernel's σ (a seeded subsample of ``max_points`` rows if
+    larger)."""
     if not torch.is_tensor(x) or x.ndim != 2 or len(x) < 2:
         raise ValueError(f"x must be a tensor (n, c) with n >= 2, got "
                          f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
     if len(x) > max_points:
         gen = torch.Generator().manual_seed(seed)
         x = x[torch.randperm(len(x), generator=gen)[:max_points]]
-    return float(torch.pdist(x.double()).median())
+    return float(torch.pdist(x.detach().double()).median())
 
 
 def rff_kernel_error(x: torch.Tensor, rff_dims, sigma: float = 1.0, seeds=(0, 1, 2),
-                     y: torch.Tensor | None = None) -> dict[int, float]:
+                     y: torch.Tensor | None = None, features: str = "cos+sin") -> dict[int, float]:
     """Mean absolute error of random-Fourier inner products against the exact Gaussian kernel.
 
-    For every ``c'`` in ``rff_dims`` and every seed, draws the frequencies, computes
-    ``|⟨ϕ(x_i), ϕ(y_j)⟩ - k(x_i, y_j)|`` for all pairs and averages over pairs and seeds
+    For every ``c'`` in ``rff_dims`` and every seed, draws fixed frequencies, computes
+    ``|⟨κ(x_i), κ(y_j)⟩ - K(x_i, y_j)|`` for all pairs and averages over pairs and seeds
     (Remark 3 / eq. 16: it should shrink like ``1/√c'``).
 
     Args:
@@ -197,6 +313,8 @@ def rff_kernel_error(x: torch.Tensor, rff_dims, sigma: float = 1.0, seeds=(0, 1,
         sigma: σ of the kernel.
         seeds: seeds of the frequencies.
         y: ``(m, c)`` second set (default ``x``).
+        features: ``"cos+sin"`` (eq. 14) or ``"cos"`` (random phases), as for
+            :class:`RandomFourierFeatures`.
 
     Returns:
         ``{c': mean absolute error}``.
@@ -218,130 +336,227 @@ def rff_kernel_error(x: torch.Tensor, rff_dims, sigma: float = 1.0, seeds=(0, 1,
         d = check_int(d, "rff_dims[i]", 1)
         errors = []
         for s in seeds:
-            rff = RandomFourierFeatures(x.shape[1], d, sigma, seed=s).double()
-            errors.append(float((rff(x) @ rff(y).T - exact).abs().mean()))  # eq. (16)
+            rff = RandomFourierFeatures(x.shape[1], d, sigma, seed=s, features=features).double()
+            with torch.no_grad():
+                errors.append(float((rff(x) @ rff(y).T - exact).abs().mean()))  # eq. (16)
         out[d] = sum(errors) / len(errors)
     return out
 
 
-def kernel_feature_dim(kind: str, c: int, rff_dim: int = 480) -> int:
-    """``c'``-channel count of the kernel features of ``kind`` for ``c`` input channels."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    return {"linear": c, "sop": c * (c + 1) // 2, "gaussian": 2 * rff_dim}[kind]
+def kernel_feature_dim(kind: str, c: int, rff_dim: int = 480,
+                       rff_features: str = "cos+sin") -> int:
+    """Number of kernel features of ``kind`` for ``c`` (= ``c̄``) reduced channels."""
+    _check_choice(kind, "kind", KINDS)
+    _check_choice(rff_features, "rff_features", RFF_FEATURES)
+    gau = 2 * rff_dim if rff_features == "cos+sin" else rff_dim
+    return {"linear": c, "sop": c * (c + 1) // 2, "gaussian": gau}[kind]
 
 
 # ----------------------------------------------------------------------------- modules
 
-def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
-    """1×1 conv + BN + ReLU (the paper's φ, ψ and ϖ; the authors' ``_dim_change``)."""
-    return nn.Sequential(nn.Conv2d(cin, cout, 1), nn.BatchNorm2d(cout), nn.ReLU())
+def _conv_bn(cin: int, cout: int, relu: bool = True) -> nn.Sequential:
+    """1×1 conv + BN + ReLU (section 4.4: the paper's φ, ϕ and ϖ; the authors' ``_dim_change``);
+    ``relu=False`` drops the ReLU (the ``final_relu=False`` ablation)."""
+    layers = [nn.Conv2d(cin, cout, 1), nn.BatchNorm2d(cout)]
+    return nn.Sequential(*layers, nn.ReLU()) if relu else nn.Sequential(*layers)
 
 
 class _KernelFeatures(nn.Module):
-    """Kernel features of every position of a map: ``(B, c, H, W)`` → ``(B, c', H, W)``."""
+    """Kernel features of every position of a map: ``(B, c̄, H, W)`` → ``(B, c', H, W)``."""
 
-    def __init__(self, kind: str, c: int, rff_dim: int, sigma: float, exact_kernel: bool):
+    def __init__(self, kind: str, c: int, rff_dim: int, sigma: float, exact_kernel: bool,
+                 omega: str = "fixed", rff_features: str = "cos+sin", rff_batch_norm: bool = False):
         super().__init__()
         self.kind, self.exact_kernel = kind, exact_kernel
-        self.rff = RandomFourierFeatures(c, rff_dim, sigma) if kind == "gaussian" else None
-        self.out_dim = kernel_feature_dim(kind, c, rff_dim)
+        self.rff = (RandomFourierFeatures(c, rff_dim, sigma, omega=omega, features=rff_features,
+                                          batch_norm=rff_batch_norm)
+                    if kind == "gaussian" else None)
+        self.out_dim = kernel_feature_dim(kind, c, rff_dim, rff_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "linear":
-            return x  # ϕ(x̃) = x̃, eq. (6)
-        v = x.movedim(1, -1)  # (B, H, W, c)
+            return x  # x̃ = x̄: identity mapping (Table 1)
+        v = x.movedim(1, -1)  # (B, H, W, c̄)
         f = sop_features(v, self.exact_kernel) if self.kind == "sop" else self.rff(v)
-        return f.movedim(-1, 1)  # (B, c', H, W)
+        return f.movedim(-1, 1)  # (B, c', H, W) x̃ = SoP(x̄), eq. (9) | Gau(x̄), eq. (14)
 
 
 class KernelAttention(nn.Module):
     """Linear / SoP / Gaussian kernel attention, with (AiA) or without inner attention.
 
     Args:
-        channels: ``C`` of the input map.
+        channels: ``C`` (the paper's ``c``) of the input map.
         kind: ``"linear"``, ``"sop"`` or ``"gaussian"`` (the kernel of Table 1).
-        inner: use the inner attention ``ϖ(GAP(ϕ(x̃)))`` (AiA, eq. 4); ``False`` gives the
-            outer attention alone (eqs. 7, 12, 17).
-        reduction: ``r``; φ maps ``C → C/r`` channels (``C`` must be divisible by ``r``).
+        inner: use the inner attention ``ϖ(m)`` (AiA, eqs. 3, 10); ``False`` gives the
+            outer embedding alone (eqs. 7, 12, 17).
+        reduction: ``r``; φ maps ``C → c̄ = C/r`` channels (``C`` must be divisible by ``r``).
         rff_dim: ``c'``, random frequencies of the Gaussian kernel (ignored otherwise).
-        sigma: σ of the Gaussian kernel (ignored otherwise).
+        sigma: σ of the Gaussian kernel, a number or ``"median"`` (ignored otherwise):
+            σ becomes the median distance between the reduced features ``x̄ = φ(x)`` of the
+            first batch the block sees in training mode (or of the batch given to
+            :meth:`calibrate_sigma`); until then the frequencies are drawn for σ = 1.
         exact_kernel: SoP features with √2 off-diagonal terms (see :func:`sop_features`).
+        omega, rff_features, rff_batch_norm: the random Fourier features' ``omega``,
+            ``features`` and ``batch_norm`` (:class:`RandomFourierFeatures`).
+        final_relu: end ``ϕ`` and ``ϖ`` with ReLU (section 4.4; then ``z ∈ [0.5, 1)``).
+            ``False`` is an ablation: conv + BN only, so ``x̂`` can be negative and ``z``
+            anywhere in ``(0, 1)``.
 
     Attributes:
-        reduce: φ, 1×1 conv + BN + ReLU ``C → c`` (eq. 1).
-        features: the kernel feature map ϕ, ``c → c'`` channels (``features.out_dim``).
-        outer: ψ, 1×1 conv + BN + ReLU ``c' → C``, the outer attention.
-        inner: ϖ, 1×1 conv + BN + ReLU ``c' → C`` on the pooled features (eqs. 2–3), or
-            ``None`` without AiA.
+        reduce: φ, 1×1 conv + BN + ReLU ``C → c̄`` (eq. 1).
+        features: the kernel feature map (identity, SoP or Gau), ``c̄ → c'`` channels
+            (``features.out_dim``).
+        outer: ϕ, 1×1 conv + BN + ReLU ``c' → C``, the outer embedding.
+        inner: ϖ, 1×1 conv + BN + ReLU ``c' → C`` on the pooled features ``m``, or ``None``
+            without AiA.
     """
 
     def __init__(self, channels: int, kind: str = "linear", inner: bool = True,
-                 reduction: int = 4, rff_dim: int = 480, sigma: float = 1.0,
-                 exact_kernel: bool = False) -> None:
+                 reduction: int = 4, rff_dim: int = 480, sigma: float | str = 1.0,
+                 exact_kernel: bool = False, omega: str = "fixed",
+                 rff_features: str = "cos+sin", rff_batch_norm: bool = False,
+                 final_relu: bool = True) -> None:
         super().__init__()
         self.channels = check_int(channels, "channels", 1)
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        _check_choice(kind, "kind", KINDS)
         self.reduction = check_int(reduction, "reduction", 1)
         if channels % reduction:
             divisors = [d for d in range(1, channels + 1) if channels % d == 0]
             raise ValueError(f"channels must be divisible by reduction: channels={channels}, "
                              f"reduction={reduction}; allowed reductions: {divisors}")
         self.rff_dim = check_int(rff_dim, "rff_dim", 1)
-        self.sigma = _check_positive(sigma, "sigma")
+        self.sigma_mode = _check_sigma(sigma)
+        _check_choice(omega, "omega", RFF_OMEGA)
+        _check_choice(rff_features, "rff_features", RFF_FEATURES)
         self.kind, self.use_inner, self.exact_kernel = kind, bool(inner), bool(exact_kernel)
+        self.final_relu = bool(final_relu)
         c = channels // reduction
-        self.reduce = _conv_bn_relu(channels, c)  # φ, eq. (1)
-        self.features = _KernelFeatures(kind, c, self.rff_dim, self.sigma, self.exact_kernel)
-        self.outer = _conv_bn_relu(self.features.out_dim, channels)  # ψ
-        self.inner = _conv_bn_relu(self.features.out_dim, channels) if inner else None  # ϖ
+        start = 1.0 if self.sigma_mode == "median" else self.sigma_mode
+        self.reduce = _conv_bn(channels, c)  # φ, eq. (1)
+        self.features = _KernelFeatures(kind, c, self.rff_dim, start, self.exact_kernel,
+                                        omega, rff_features, bool(rff_batch_norm))
+        self.outer = _conv_bn(self.features.out_dim, channels, self.final_relu)  # ϕ
+        self.inner = (_conv_bn(self.features.out_dim, channels, self.final_relu)
+                      if inner else None)  # ϖ
+        self.register_buffer("sigma_calibrated", torch.tensor(self.sigma_mode != "median"))
+
+    @property
+    def sigma(self) -> float | None:
+        """σ of the Gaussian kernel now (``None`` for the other kernels)."""
+        return self.features.rff.sigma if self.features.rff is not None else None
+
+    @torch.no_grad()
+    def calibrate_sigma(self, x: torch.Tensor | None = None, *, reduced: torch.Tensor | None = None,
+                        max_points: int = 2000) -> float:
+        """Set σ to the median distance between reduced features ``x̄ = φ(x)`` (median heuristic).
+
+        Args:
+            x: ``(B, C, H, W)`` a batch of training maps; φ runs on a copy in the block's
+                current mode (training mode: BatchNorm with the batch's statistics, as the
+                first training step sees it), so no running statistics change.
+            reduced: ``(B, c̄, H, W)`` the reduced features themselves, instead of ``x``.
+            max_points: positions sampled (seeded) for the median.
+
+        Returns:
+            The new σ; the frequencies are rescaled to it (:meth:`RandomFourierFeatures.set_sigma`).
+        """
+        if self.kind != "gaussian":
+            raise ValueError(f"calibrate_sigma needs kind='gaussian', this block is {self.kind!r}")
+        if (x is None) == (reduced is None):
+            raise ValueError("calibrate_sigma: pass exactly one of x (B, C, H, W) or reduced")
+        if reduced is None:
+            check_feature_map(x, "x", self.channels, module=self)
+            reduced = copy.deepcopy(self.reduce)(x)  # (B, c̄, H, W) x̄ = φ(x)
+        vectors = reduced.detach().movedim(1, -1).reshape(-1, reduced.shape[1])  # (B·N, c̄)
+        sigma = median_distance(vectors, max_points=max_points)
+        if not sigma > 0:
+            raise ValueError("calibrate_sigma: the reduced features of this batch are all equal "
+                             "(median distance 0); pass a batch with more than one image")
+        self.features.rff.set_sigma(sigma)
+        self.sigma_calibrated.fill_(True)
+        return sigma
 
     def forward(self, x: torch.Tensor, return_maps: bool = False):
         """Mask the map.
 
         Args:
             x: ``(B, C, H, W)``.
-            return_maps: also return ``{"z": (B, C, H, W) mask, "inner": (B, C) inner
-                attention ϖ(m) (None without AiA), "features": (B, c', H, W) ϕ(x̃)}``.
+            return_maps: also return ``{"z": (B, C, H, W) mask, "inner": (B, C) ϖ(m) (None
+                without AiA), "outer": (B, C, H, W) ϕ(x̃), "features": (B, c', H, W) x̃,
+                "reduced": (B, c̄, H, W) x̄}``.
 
         Returns:
             ``x^z = z ⊗ x``, ``(B, C, H, W)``; and the maps if asked.
         """
         check_feature_map(x, "x", self.channels, module=self)
-        k = self.features(self.reduce(x))  # (B, c', H, W) ϕ(φ(x)), eq. (1)
-        outer = self.outer(k)  # (B, C, H, W) ψ(ϕ(x̃))
+        xr = self.reduce(x)  # (B, c̄, H, W) x̄ = φ(x), eq. (1)
+        if self.training and not bool(self.sigma_calibrated) and self.kind == "gaussian":
+            self.calibrate_sigma(reduced=xr)  # σ = median distance of this batch's x̄
+        k = self.features(xr)  # (B, c', H, W) x̃
+        outer = self.outer(k)  # (B, C, H, W) ϕ(x̃)
         w = None
+        xh = outer
         if self.inner is not None:
-            m = k.mean(dim=(2, 3), keepdim=True)  # (B, c', 1, 1) GAP, eq. (2)
-            w = self.inner(m)  # (B, C, 1, 1) ϖ(m), eq. (3)
-            outer = w * outer  # (B, C, H, W) ϖ(m) ⊗ ψ(ϕ(x̃)), eq. (4)
-        z = torch.sigmoid(outer)  # (B, C, H, W) eq. (4) / (7), (12), (17) without AiA
+            m = k.mean(dim=(2, 3), keepdim=True)  # (B, c', 1, 1) m = GAP(x̃), eqs. (2), (10)
+            w = self.inner(m)  # (B, C, 1, 1) ϖ(m)
+            xh = w * outer  # (B, C, H, W) x̂ = ϖ(m) ⊗ ϕ(x̃), eq. (3)
+        z = torch.sigmoid(xh)  # (B, C, H, W) z = Sigmoid(x̂); eqs. (7), (12), (17) without AiA
         y = z * x  # x^z = z ⊗ x, eq. (4)
         if not return_maps:
             return y
-        return y, {"z": z, "inner": None if w is None else w.flatten(1), "features": k}
+        return y, {"z": z, "inner": None if w is None else w.flatten(1), "outer": outer,
+                   "features": k, "reduced": xr}
 
     def extra_repr(self) -> str:
-        extra = {"gaussian": f", rff_dim={self.rff_dim}, sigma={self.sigma:g}",
-                 "sop": f", exact_kernel={self.exact_kernel}"}.get(self.kind, "")
+        rff = self.features.rff
+        extra = {"sop": f", exact_kernel={self.exact_kernel}"}.get(self.kind, "")
+        if rff is not None:
+            extra = (f", rff_dim={self.rff_dim}, sigma={self.sigma_mode!r}, omega="
+                     f"{rff.omega_mode!r}, rff_features={rff.features!r}, "
+                     f"rff_batch_norm={rff.norm is not None}")
+        relu = "" if self.final_relu else ", final_relu=False"
         return (f"channels={self.channels}, kind={self.kind!r}, inner={self.use_inner}, "
-                f"reduction={self.reduction}{extra}")
+                f"reduction={self.reduction}{extra}{relu}")
+
+
+def zero_shares(maps: dict) -> dict[str, float]:
+    """How much of a block's output is exactly at the ReLU's or the sigmoid's floor.
+
+    With ReLU at the end of ``ϖ`` and ``ϕ`` (section 4.4), ``x̂ = ϖ(m) ⊗ ϕ(x̃)`` is 0 wherever
+    either factor is 0, and there ``z = Sigmoid(0) = 0.5`` exactly: that entry is halved
+    whatever the image.
+
+    Args:
+        maps: the maps of ``KernelAttention(..., return_maps=True)``.
+
+    Returns:
+        ``{"inner_zero": share of ϖ(m) entries == 0 (nan without AiA), "outer_zero": share
+        of ϕ(x̃) entries == 0, "z_half": share of z entries == 0.5}``.
+    """
+    if not isinstance(maps, dict) or "z" not in maps or "outer" not in maps:
+        raise ValueError("maps must be the dict of KernelAttention(..., return_maps=True), got "
+                         f"{type(maps).__name__}")
+    inner = maps.get("inner")
+    return {"inner_zero": float("nan") if inner is None else float((inner == 0).double().mean()),
+            "outer_zero": float((maps["outer"] == 0).double().mean()),
+            "z_half": float((maps["z"] == 0.5).double().mean())}
 
 
 class SEBlock(nn.Module):
     """Squeeze-and-excitation (Hu et al., CVPR 2018), the paper's eq. (5):
-    ``z = sigmoid(W₂ δ(W₁ GAP(x)))`` per channel, ``x^z = z ⊗ x``.
+    ``X^z = Sigmoid(σ(ξ(GAP(X)))) ⊗ X`` with ``ξ = W₁``, ``σ = W₂ δ(·)`` — one weight per
+    channel.
 
     Args:
         channels: ``C``.
-        reduction: the bottleneck is ``max(1, C // reduction)`` wide.
+        reduction: ``r``; the bottleneck is ``max(1, C // r)`` wide. Default 4, the paper's
+            ("We set the dimensionality reduction factor as 4 in both SE and NL blocks").
 
     Attributes:
         fc1: ``W₁``, ``C → C/r``; fc2: ``W₂``, ``C/r → C`` (linear layers with bias).
     """
 
-    def __init__(self, channels: int, reduction: int = 16) -> None:
+    def __init__(self, channels: int, reduction: int = 4) -> None:
         super().__init__()
         self.channels = check_int(channels, "channels", 1)
         self.reduction = check_int(reduction, "reduction", 1)
@@ -361,7 +576,7 @@ class SEBlock(nn.Module):
 
 
 class _Ones(nn.Module):
-    """The outer attention switched off: ``ψ(·) ≡ 1`` with C channels."""
+    """The outer embedding switched off: ``ϕ(·) ≡ 1`` with C channels."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -374,11 +589,10 @@ class _Ones(nn.Module):
 def aia_from_se(se: SEBlock) -> KernelAttention:
     """The AiA block that computes ``se`` exactly — SE as a special case of AiA (eqs. 5 vs 6).
 
-    Set up as the linear-kernel AiA block with: φ the identity (no reduction, ``c = C``), the
-    outer attention switched off (``ψ ≡ 1``) and the inner attention ϖ equal to SE's
-    excitation ``W₂ δ(W₁ ·)`` (as 1×1 convolutions with SE's weights). Then eq. (4) reads
-    ``z = sigmoid(W₂ δ(W₁ GAP(x)) ⊗ 1)`` — eq. (5). AiA generalises SE by the per-position
-    outer attention that SE lacks. (Our reading of the paper's comparison of eqs. 5 and 6.)
+    The paper: "if φ(·) is the identity mapping, ϕ(X) = I, and ϖ(·) = σ(ξ(·)), then our AiA
+    block realizes the SE block". Set up as the linear-kernel AiA block with φ the identity
+    (``x̄ = x``), the outer embedding ``ϕ ≡ 1`` and ``ϖ`` equal to SE's excitation
+    ``W₂ δ(W₁ ·)`` (as 1×1 convolutions with SE's weights); eq. (6) then reads eq. (5).
 
     Args:
         se: a :class:`SEBlock`.
@@ -391,8 +605,8 @@ def aia_from_se(se: SEBlock) -> KernelAttention:
         raise ValueError(f"se must be an SEBlock, got {type(se).__name__}")
     c = se.channels
     block = KernelAttention(c, kind="linear", inner=True, reduction=1)
-    block.reduce = nn.Identity()  # φ = identity: x̃ = x
-    block.outer = _Ones(c)  # ψ ≡ 1: no outer attention
+    block.reduce = nn.Identity()  # φ = identity: x̄ = x
+    block.outer = _Ones(c)  # ϕ(X) = I
     w1 = nn.Conv2d(c, se.fc1.out_features, 1)
     w2 = nn.Conv2d(se.fc1.out_features, c, 1)
     with torch.no_grad():
@@ -400,7 +614,7 @@ def aia_from_se(se: SEBlock) -> KernelAttention:
         w1.bias.copy_(se.fc1.bias)
         w2.weight.copy_(se.fc2.weight[:, :, None, None])
         w2.bias.copy_(se.fc2.bias)
-    block.inner = nn.Sequential(w1, nn.ReLU(), w2)  # ϖ = W₂ δ(W₁ ·), eq. (5)
+    block.inner = nn.Sequential(w1, nn.ReLU(), w2)  # ϖ = σ(ξ(·)) = W₂ δ(W₁ ·), eq. (5)
     return block.to(se.fc1.weight.device)
 
 
@@ -409,12 +623,13 @@ def with_rff(block: KernelAttention, sigma: float | None = None,
     """A copy of a (trained) Gaussian block with a different σ or fewer frequencies.
 
     Not retrained: σ rescales the frequencies (``ω ← ω · σ_old / σ``); ``rff_dim = c'' < c'``
-    keeps the first ``c''`` frequencies and the matching input columns of ψ and ϖ, scaled
-    by ``√(c'/c'')`` so the features keep their norm. Shows how sensitive a trained mask is
-    to the kernel's width and to the number of random features (the interactive explorer).
+    keeps the first ``c''`` frequencies (and phases) and the matching input columns of ϕ and
+    ϖ, scaled by ``√(c'/c'')`` so the features keep their norm. Shows how sensitive a trained
+    mask is to the kernel's width and to the number of random features (the explorer).
 
     Args:
-        block: a :class:`KernelAttention` with ``kind="gaussian"``.
+        block: a :class:`KernelAttention` with ``kind="gaussian"`` (without ``rff_batch_norm``
+            when ``rff_dim`` changes).
         sigma: the new σ (default: unchanged).
         rff_dim: the new ``c'``, between 1 and the block's (default: unchanged).
     """
@@ -424,21 +639,30 @@ def with_rff(block: KernelAttention, sigma: float | None = None,
     new = copy.deepcopy(block)
     rff = new.features.rff
     if sigma is not None:
-        sigma = _check_positive(sigma, "sigma")
-        rff.omega.mul_(rff.sigma / sigma)
-        rff.sigma = new.sigma = sigma
+        rff.set_sigma(sigma)
     if rff_dim is not None and rff_dim != rff.rff_dim:
         old = rff.rff_dim
         rff_dim = check_int(rff_dim, "rff_dim", 1, old)
-        keep = torch.cat([torch.arange(rff_dim), old + torch.arange(rff_dim)])  # cos and sin
-        rff.omega = rff.omega[:, :rff_dim].clone()
+        if rff.norm is not None:
+            raise ValueError("with_rff: rff_dim cannot change on a block with rff_batch_norm=True")
+        keep = torch.arange(rff_dim)
+        if rff.features == "cos+sin":
+            keep = torch.cat([keep, old + keep])  # cos and sin columns
+        with torch.no_grad():
+            omega = rff.omega[:, :rff_dim].clone()
+            phase = rff.phase[:rff_dim].clone() if rff.phase is not None else None
+        if isinstance(rff.omega, nn.Parameter):
+            rff.omega = nn.Parameter(omega)
+            rff.phase = nn.Parameter(phase) if phase is not None else None
+        else:
+            rff.omega, rff.phase = omega, phase
         rff.rff_dim = new.rff_dim = rff_dim
-        new.features.out_dim = 2 * rff_dim
+        new.features.out_dim = rff.out_dim
         for seq in (new.outer, new.inner):
             if seq is None:
                 continue
             conv = seq[0]
-            small = nn.Conv2d(2 * rff_dim, conv.out_channels, 1).to(conv.weight.device)
+            small = nn.Conv2d(len(keep), conv.out_channels, 1).to(conv.weight.device)
             with torch.no_grad():
                 small.weight.copy_(conv.weight[:, keep] * math.sqrt(old / rff_dim))
                 small.bias.copy_(conv.bias)
@@ -446,30 +670,35 @@ def with_rff(block: KernelAttention, sigma: float | None = None,
     return new
 
 
-# ----------------------------------------------------------------------------- DML head
+# ----------------------------------------------------------------------------- Tables 3, 4 and 8
 
 VARIANTS = ("baseline", "se", "nonlocal", "lin", "sop", "gau",
             "lin_no_aia", "sop_no_aia", "gau_no_aia")
+ABLATIONS = ("lin_no_relu", "sop_no_relu", "gau_no_relu")
 _KIND = {"lin": "linear", "sop": "sop", "gau": "gaussian"}
 
 
 def make_attention(name: str, channels: int, *, reduction: int = 4, rff_dim: int = 480,
-                   sigma: float = 1.0, exact_kernel: bool = False, se_reduction: int = 16,
-                   nonlocal_zeta: float = 1.0) -> nn.Module | None:
-    """The attention module of one row of the paper's Table 3, by name.
+                   sigma: float | str = "median", exact_kernel: bool = False,
+                   se_reduction: int = 4, nonlocal_reduction: int = 4, nonlocal_zeta: float = 1.0,
+                   omega: str = "fixed", rff_features: str = "cos+sin",
+                   rff_batch_norm: bool = False) -> nn.Module | None:
+    """The attention module of one row of the paper's Tables 3 and 4, by name.
 
     Args:
         name: one of :data:`VARIANTS`: ``"baseline"`` (no attention: ``None``), ``"se"``,
-            ``"nonlocal"`` (:class:`~dmlviz.attention.second_order.SecondOrderAttention`,
-            ``C' = C/2``), ``"lin"``, ``"sop"``, ``"gau"`` (AiA) and the same with
-            ``"_no_aia"`` (outer attention only).
+            ``"nonlocal"`` (:class:`~dmlviz.attention.second_order.SecondOrderAttention`
+            with ``C' = C / nonlocal_reduction``), ``"lin"``, ``"sop"``, ``"gau"`` (AiA) and
+            the same with ``"_no_aia"`` (outer embedding only); or one of :data:`ABLATIONS`
+            (``"lin_no_relu"`` …: AiA without the ReLU after ϕ and ϖ).
         channels: ``C``.
-        reduction, rff_dim, sigma, exact_kernel: of the kernel attention blocks.
-        se_reduction: the SE bottleneck's reduction.
+        reduction, rff_dim, sigma, exact_kernel, omega, rff_features, rff_batch_norm: of the
+            kernel attention blocks (:class:`KernelAttention`).
+        se_reduction: the SE bottleneck's reduction ``r`` (the paper's 4).
+        nonlocal_reduction: the non-local block's reduction ``C / C'`` (the paper's 4).
         nonlocal_zeta: ζ of the non-local block's softmax.
     """
-    if name not in VARIANTS:
-        raise ValueError(f"name must be one of {VARIANTS}, got {name!r}")
+    _check_choice(name, "name", VARIANTS + ABLATIONS)
     if name == "baseline":
         return None
     if name == "se":
@@ -477,12 +706,55 @@ def make_attention(name: str, channels: int, *, reduction: int = 4, rff_dim: int
     if name == "nonlocal":
         from dmlviz.attention.second_order import SecondOrderAttention
 
-        return SecondOrderAttention(channels, zeta=nonlocal_zeta)
-    kind = _KIND[name.removesuffix("_no_aia")]
-    return KernelAttention(channels, kind, inner=not name.endswith("_no_aia"),
+        reduced = max(1, channels // check_int(nonlocal_reduction, "nonlocal_reduction", 1))
+        return SecondOrderAttention(channels, reduced=reduced, zeta=nonlocal_zeta)
+    base = name.removesuffix("_no_aia").removesuffix("_no_relu")
+    return KernelAttention(channels, _KIND[base], inner=not name.endswith("_no_aia"),
                            reduction=reduction, rff_dim=rff_dim, sigma=sigma,
-                           exact_kernel=exact_kernel)
+                           exact_kernel=exact_kernel, omega=omega, rff_features=rff_features,
+                           rff_batch_norm=rff_batch_norm, final_relu=not name.endswith("_no_relu"))
 
+
+#: The paper's numbers: parameters (×10⁶) from Tables 3, 4, 8 and "FLOPs" (×10⁹, in fact
+#: multiply-accumulates) from Table 8, for an attention block at the input 480 × 16 × 8.
+PAPER_COSTS = {
+    "Lin w/o AiA (r=4)": {"params_M": 0.12, "GMACs": None, "where": "Table 3"},
+    "Lin w/ AiA (r=4)": {"params_M": 0.18, "GMACs": 0.015, "where": "Tables 3, 8"},
+    "SE (r=4)": {"params_M": 0.12, "GMACs": None, "where": "Table 3"},
+    "NL (r=4)": {"params_M": 0.23, "GMACs": None, "where": "Table 3"},
+    "SoP w/ AiA (r=8)": {"params_M": 1.79, "GMACs": 0.117, "where": "Tables 4, 8"},
+    "Gau w/ AiA (r=4, c'=480): fixed ω, cos+sin (eq. 14)": {"params_M": 0.58, "GMACs": 0.044,
+                                                             "where": "Tables 4, 8"},
+    "Gau w/ AiA (r=4, c'=480): learned ω, cos, BN (code)": {"params_M": 0.58, "GMACs": 0.044,
+                                                             "where": "Tables 4, 8"},
+}
+
+
+def table8_blocks(channels: int = 480) -> dict[str, nn.Module]:
+    """The attention blocks of Tables 3 and 8 with the paper's settings, keyed like
+    :data:`PAPER_COSTS` (measure them at ``(480, 16, 8)`` with :func:`dmlviz.cost.module_cost`).
+
+    Lin and SE, NL use ``r = 4`` (section 5.2.2), SoP ``r = 8`` and Gau ``r = 4, c' = 480``
+    (Table 8's "Hyper Parameter" row). The Gaussian row comes twice: as the paper's eq. (14)
+    (fixed ω, cos and sin, ``2c'`` features) and as the authors' code (a learned ``c̄ → c'``
+    projection with phase, BN, cos only). σ does not change a count (fixed at 1 here).
+    """
+    c = check_int(channels, "channels", 1)
+    return {
+        "Lin w/o AiA (r=4)": make_attention("lin_no_aia", c, reduction=4, sigma=1.0),
+        "Lin w/ AiA (r=4)": make_attention("lin", c, reduction=4, sigma=1.0),
+        "SE (r=4)": make_attention("se", c, se_reduction=4),
+        "NL (r=4)": make_attention("nonlocal", c, nonlocal_reduction=4),
+        "SoP w/ AiA (r=8)": make_attention("sop", c, reduction=8, sigma=1.0),
+        "Gau w/ AiA (r=4, c'=480): fixed ω, cos+sin (eq. 14)": make_attention(
+            "gau", c, reduction=4, rff_dim=480, sigma=1.0),
+        "Gau w/ AiA (r=4, c'=480): learned ω, cos, BN (code)": make_attention(
+            "gau", c, reduction=4, rff_dim=480, sigma=1.0, omega="learned", rff_features="cos",
+            rff_batch_norm=True),
+    }
+
+
+# ----------------------------------------------------------------------------- DML head
 
 class AttentionEmbedder(nn.Module):
     """DML head on a frozen feature map: attention block → GAP → linear → L2-normalise.
@@ -519,10 +791,11 @@ def fit_attention_head(name: str, train_maps: torch.Tensor, train_labels: torch.
 
     The model is built right after ``torch.manual_seed(seed)``, so every variant of one seed
     sees the same batches; training is :func:`dmlviz.train.fit` (P×K batches, AdamW,
-    checkpoint cache).
+    checkpoint cache). With ``sigma="median"`` (the default of :func:`make_attention`) a
+    Gaussian block sets σ on its first training batch (training classes only).
 
     Args:
-        name: one of :data:`VARIANTS`.
+        name: one of :data:`VARIANTS` or :data:`ABLATIONS`.
         train_maps: ``(N, C, H, W)`` cached backbone maps of the training images.
         train_labels: ``(N,)`` class ids.
         test_maps, test_labels: the unseen classes, for Recall@K every ``eval_every`` epochs.
