@@ -163,6 +163,7 @@ def _sweep(args) -> int:
 
 
 def _report(args) -> int:
+    run_checks.check_output_file("--out", args.out)
     md, page = report.compare_runs(args.old, args.new)
     print(md)
     out = Path(args.out) if args.out else Path(args.new) / f"compare-{Path(args.old).name}.html"
@@ -179,6 +180,7 @@ def _book(args) -> int:
 
 
 def _baseline(args) -> int:
+    run_checks.check_output_file("--out", args.out)
     path, changes = make_baseline(args.run_dir, args.out, fresh=args.fresh,
                                   root=runner.project_root())
     for line in changes:

@@ -6,6 +6,7 @@ the value given and what is allowed; :func:`dmlviz.cli.main` prints it and exits
 * ``--timeout``: a finite number of seconds > 0 (NaN, inf, 0 and negatives are refused).
 * ``--out`` and ``--figures``: a folder, existing or not, with no file on its way (neither
   the path itself nor any parent may be a regular file).
+* ``report --out`` / ``baseline --out``: a file in an existing folder.
 * ``-p NAME VALUE``: when a selected notebook declares ``NAME`` with a non-None default, the
   value must have that default's type (an int is accepted for a float, a list for a tuple;
   ``None`` only where the default is ``None``).
@@ -51,6 +52,23 @@ def check_folder(option: str, path) -> None:
                 raise ValueError(f"{option} {str(path)!r}: {str(p)!r} {where}; allowed is a "
                                  "folder path (existing or new) with no file on its way")
             return
+
+
+def check_output_file(option: str, path) -> None:
+    """``--out FILE`` of ``report`` / ``baseline``: not a folder, and its folder exists (no
+    file on the way)."""
+    if path is None:
+        return
+    p = Path(path).absolute()
+    if p.is_dir():
+        raise ValueError(f"{option} {str(path)!r}: {str(p)!r} is a folder; allowed is a file path")
+    blocker = next((c for c in p.parents if c.exists() and not c.is_dir()), None)
+    if blocker is not None:
+        raise ValueError(f"{option} {str(path)!r}: {str(p)!r} is under the file "
+                         f"{str(blocker)!r}; allowed is a file in an existing folder")
+    if not p.parent.is_dir():
+        raise ValueError(f"{option} {str(path)!r}: the folder {str(p.parent)!r} does not exist; "
+                         "allowed is a file in an existing folder")
 
 
 def _declared(default_text: str):

@@ -413,6 +413,28 @@ def test_cli_refuses_bad_values_before_any_notebook(argv, fragment, in_tmp, monk
     assert fragment.format(cwd=in_tmp) in err, err
 
 
+REPORT_CASES = [  # report / baseline --out: exit 2, one line
+    ("report --out under a file", ["report", "{run}", "{run}", "--out", "{file}/x.md"],
+     "--out '{file}/x.md': '{file}/x.md' is under the file '{file}'"),
+    ("report --out in a missing folder", ["report", "{run}", "{run}", "--out", "{tmp}/no/x.md"],
+     "the folder '{tmp}/no' does not exist"),
+    ("baseline --out a folder", ["baseline", "{run}", "--out", "{tmp}"], "is a folder"),
+    ("report of a folder that is no run", ["report", "{tmp}", "{tmp}"],
+     "is not a dmlviz run directory: no summary.json"),
+]
+
+
+@pytest.mark.parametrize(("argv", "fragment"),
+                         [pytest.param(*c[1:], id=c[0]) for c in REPORT_CASES])
+def test_report_and_baseline_refuse_bad_outputs(argv, fragment, in_tmp, capsys):
+    fmt = {"run": str(in_tmp / "run"), "file": str(in_tmp / "afile"), "tmp": str(in_tmp)}
+    (in_tmp / "run").mkdir()
+    (in_tmp / "run" / "summary.json").write_text("{}")
+    rc = cli.main([a.format(**fmt) for a in argv])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and fragment.format(**fmt) in err, err
+
+
 def test_runner_refuses_a_nan_timeout():
     with pytest.raises(ValueError, match="timeout nan: allowed is a finite number"):
         runner.run(["07"], timeout=NAN, baseline=None)
