@@ -193,6 +193,7 @@ def make_shapes(
     per_class = check_int(per_class, "per_class", 1)
     size = check_int(size, "size (pixels)", 16)
     distractors = check_int(distractors, "distractors", 0)
+    seed = check_int(seed, "seed", 0)
 
     rng = np.random.default_rng(seed)
     classes = shape_classes()[:num_classes]
@@ -249,7 +250,7 @@ def load_photos(names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     Returns:
         ``{name: (H, W, 3) uint8 array}`` in the order asked for.
     """
-    names = list(PHOTO_NAMES if names is None else names)
+    names = list(PHOTO_NAMES if names is None else [names] if isinstance(names, str) else names)
     unknown = [n for n in names if n not in PHOTO_NAMES]
     if unknown:
         raise ValueError(f"unknown photo(s) {unknown}; available: {list(PHOTO_NAMES)}")
@@ -376,6 +377,9 @@ def load_embeddings(
             dtypes, mismatched lengths, non-finite rows (unless dropped), no row left.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"embeddings file {str(path.absolute())!r} is a folder; allowed is an "
+                         ".npz file")
     if not path.is_file():
         raise FileNotFoundError(f"embeddings file {str(path.absolute())!r} does not exist"
                                 + ("" if path.is_absolute() else
@@ -457,7 +461,8 @@ def class_disjoint_split(
         ``(train_indices, test_indices)``, int64 tensors of positions into ``labels``.
     """
     labels = check_labels(labels, "labels")
-    if not 0.0 < train_fraction < 1.0:
+    if isinstance(train_fraction, bool) or not isinstance(train_fraction, (int, float)) \
+            or not 0.0 < train_fraction < 1.0:
         raise ValueError(f"train_fraction must be strictly between 0 and 1, got {train_fraction}")
     classes = torch.unique(labels)
     if len(classes) < 2:

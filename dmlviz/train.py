@@ -124,6 +124,8 @@ def embed(model: nn.Module, inputs: Inputs, batch_size: int = 256,
     inputs = _check_inputs(inputs)
     _check_finite_inputs(inputs, "inputs")
     n = len(inputs[0]) if isinstance(inputs, tuple) else len(inputs)
+    if n == 0:
+        raise ValueError("inputs is empty (N = 0); embed needs at least one sample")
     was_training = model.training
     model.eval()
     out = [_forward(model, _take(inputs, slice(i, i + batch_size), device)).float().cpu()
@@ -203,6 +205,10 @@ def fit(
     if test_inputs is not None:
         test_inputs = _check_inputs(test_inputs, "test_inputs")
         test_labels = check_labels(test_labels, "test_labels")
+        n_test = len(test_inputs[0]) if isinstance(test_inputs, tuple) else len(test_inputs)
+        if n_test != len(test_labels):
+            raise ValueError(f"test_inputs has {n_test} samples but test_labels has "
+                             f"{len(test_labels)}")
     epochs = check_int(epochs, "epochs", 1)
     eval_every = check_int(eval_every, "eval_every", 1)
     if (isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float))
