@@ -651,3 +651,23 @@ def test_jupyterlab_driver_bypasses_proxies_for_loopback(monkeypatch):
     finally:
         server.shutdown()
     assert "--no-proxy-server" in CHROMIUM_ARGS
+
+
+# ------------------------------------------------------------------ CUDA (skipped without it)
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@needs_cuda
+def test_cuda_inputs_are_checked_like_cpu_ones():
+    """Device mismatch, NaN rows and half precision on CUDA get the same messages."""
+    _check(lambda: _sa().cuda()(_map()), ValueError,
+           "x is on cpu but the module's weights are on cuda:0")
+    _check(lambda: metrics.knn(_poisoned()[0].cuda(), k=2), ValueError,
+           "queries has 1 non-finite row(s)")
+    _check(lambda: metrics.knn(_emb()[0].cuda(), _emb()[0], k=2), ValueError,
+           "same device")
+    _check(lambda: _sa().cuda()(_map(dtype=torch.float16).cuda()), ValueError,
+           "dtype torch.float16")
+    with torch.autocast("cuda", dtype=torch.float16):
+        assert _sa().cuda()(_map(dtype=torch.float16).cuda()).shape == (2, 16, 4, 4)
