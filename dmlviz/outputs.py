@@ -169,8 +169,9 @@ def save_figure(fig, name: str, dpi: int = 150, formats: tuple[str, ...] = ("png
             fig.savefig(p, dpi=dpi, bbox_inches="tight", metadata=meta)
 
 
-def save_plotly(fig, name: str) -> None:
+def save_plotly(fig, name: str, post_script: str | None = None) -> None:
     """Save a plotly figure as a standalone ``<name>.html`` that renders offline
-    (``output_dir() / "figures" / f"{name}.html"``)."""
+    (``output_dir() / "figures" / f"{name}.html"``); ``post_script`` is JavaScript run after
+    the figure is drawn (a kernel-free explorer's, :mod:`dmlviz.viz.html_explorers`)."""
     for p in _figure_paths(name, ".html"):
-        fig.write_html(p, include_plotlyjs=True, full_html=True)
+        fig.write_html(p, include_plotlyjs=True, full_html=True, post_script=post_script)
