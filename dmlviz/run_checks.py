@@ -20,6 +20,7 @@ the value given and what is allowed; :func:`dmlviz.cli.main` prints it and exits
 from __future__ import annotations
 
 import ast
+import logging
 import math
 import os
 from pathlib import Path
@@ -173,7 +174,13 @@ def check_run_arguments(args, parameters: dict[str, Any]) -> dict[str, Any]:
     check_folder("--out", args.out)
     check_folder("--figures", args.figures)
     if parameters:
-        chosen = runner.select(list(args.names), runner.discover(args.notebooks))
+        quiet = logging.getLogger("papermill.translators")  # runner.run reports these once
+        level, quiet.level = quiet.level, logging.ERROR
+        try:
+            notebooks = runner.discover(args.notebooks)
+        finally:
+            quiet.setLevel(level)
+        chosen = runner.select(list(args.names), notebooks)
         runner.check_overrides(parameters, chosen)  # unknown names first
         check_parameter_types(parameters, chosen)
         parameters = resolve_path_parameters(parameters)
