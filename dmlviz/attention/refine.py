@@ -302,7 +302,7 @@ def attention_on_same_class(weights: torch.Tensor, indices: torch.Tensor, labels
     labels = check_labels(labels, "labels")
     ref = labels if reference_labels is None else check_labels(reference_labels, "reference_labels")
     same = (ref[indices.cpu()] == labels[:, None]).float()  # (N, K)
-    mass = (weights.float().mean(dim=2) * same[:, None, :]).sum(-1).mean()  # Σ_j a_j [same]
+    mass = (weights.detach().float().cpu().mean(dim=2) * same[:, None, :]).sum(-1).mean()  # Σ_j a_j [same]
     return float(mass), float(same.mean())
 
 
