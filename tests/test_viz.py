@@ -63,3 +63,15 @@ def test_projection_and_curves():
         plot_history(h, "map@r")
     fig = plot_metric_bars({"a": {"recall@1": 0.5, "map@r": 0.2, "nmi": 0.3}})
     assert len(fig.axes[0].patches) == 3
+
+
+def test_palette_gives_every_class_its_own_colour_and_marker():
+    """Okabe-Ito colours, the marker changing every eight classes: 24 classes stay distinct,
+    and plotly points get the same colour as the matplotlib legend."""
+    from dmlviz.viz.palette import OKABE_ITO, class_style, point_styles
+
+    styles = {class_style(i)[:2] for i in range(24)}
+    assert len(styles) == 24 and {c for c, _ in styles} == set(OKABE_ITO)
+    colours, symbols = point_styles([30, 10, 30, 20])
+    assert colours == [OKABE_ITO[2], OKABE_ITO[0], OKABE_ITO[2], OKABE_ITO[1]]
+    assert symbols[0] == "circle"

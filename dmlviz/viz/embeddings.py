@@ -6,6 +6,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from dmlviz.viz.palette import scatter_by_class
+
 
 def project_2d(embeddings: torch.Tensor | np.ndarray, method: str = "tsne", seed: int = 0,
                perplexity: float = 30.0, pca_dims: int = 50) -> np.ndarray:
@@ -31,12 +33,13 @@ def project_2d(embeddings: torch.Tensor | np.ndarray, method: str = "tsne", seed
     return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
 
 
-def plot_embedding_2d(points: np.ndarray, labels, ax=None, title: str = "", size: float = 8):
-    """Scatter ``(N, 2)`` points coloured by class; returns the figure."""
+def plot_embedding_2d(points: np.ndarray, labels, ax=None, title: str = "", size: float = 8,
+                      legend: bool | None = None):
+    """Scatter ``(N, 2)`` points, one colour-blind-safe colour and marker per class
+    (:mod:`dmlviz.viz.palette`), with a legend up to 24 classes; returns the figure."""
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 5))
-    labels = np.asarray(labels.cpu() if torch.is_tensor(labels) else labels)
-    ax.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab20", s=size, linewidths=0)
+    scatter_by_class(ax, points, labels, size=size, legend=legend)
     ax.set_title(title)
     ax.set_xticks([])
     ax.set_yticks([])
