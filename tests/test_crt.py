@@ -180,8 +180,8 @@ def test_two_branch_and_objective():
 
 
 def test_two_branch_retrieves_with_branch_one_by_default():
-    """Section 4.2/Table 8: the reported embedding is "computed from the first embedding
-    branch" (128-d); the concatenation is a named option, and training sees both."""
+    """Sec. 4.4, Table 8: "This table reports the results of embedding computed from the first
+    embedding branch"; the concatenation is a named option, and training sees both."""
     torch.manual_seed(0)
     m = TwoBranchCRT(6, (3, 5), (4, 8))
     x = torch.randn(5, 6, 3, 3)

@@ -40,8 +40,8 @@ Interpretations, where the paper's text is silent:
 * ``Γ_k`` ("multiple fully connected layers and one GELU", section 3.2) is Linear → GELU →
   Linear with hidden width D;
 * :class:`TwoBranchCRT` **retrieves with branch 1** (``retrieval="branch1"``, the default):
-  the paper's Tables 3 and 8 report "the embedding computed from the first embedding branch"
-  (128-d). ``retrieval="concat"`` (the two unit-length embeddings concatenated, divided by √2)
+  Table 8 "reports the results of embedding computed from the first embedding branch", and
+  Tables 3–4 give CRT's dimension as 128, branch 1's size. ``retrieval="concat"`` (the two unit-length embeddings concatenated, divided by √2)
   is an ensemble of two heads, offered as a named option. The metric loss is applied to each
   branch with its own λ₁ and summed;
 * ``share_weights=True`` (Tables 9–10: "the network weight of the second embedding branch is
@@ -327,7 +327,7 @@ class TwoBranchCRT(nn.Module):
     In training mode ``forward`` returns both branches, ``[f₁, f₂] / √2`` ``(B, D₁ + D₂)``
     (what :class:`CRTObjective` splits, with :meth:`split`, for L_MS per branch and L_CON). In
     eval mode it returns the **retrieval** embedding: branch 1 ``(B, D₁)`` by default, as the
-    paper's Tables 3 and 8 ("the embedding computed from the first embedding branch"), or the
+    paper's Table 8 ("results of embedding computed from the first embedding branch"), or the
     concatenation with ``retrieval="concat"`` (an ensemble of both heads). ``output=`` overrides
     the mode: ``"both"``, ``"branch1"``, ``"branch2"``, ``"concat"`` (= ``"both"``).
 
