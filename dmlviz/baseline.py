@@ -323,6 +323,8 @@ def _merge_seed_runs(summaries: list[dict], names: list[str], source: str,
                 changes.append(f"{name}: dropped {metric} = {fmt(values[0])} (tolerance "
                                f"{fmt(spec['abs'])} >= its size: guards nothing)")
                 continue
+            if prior is not None and "key" in prior:  # shown in the overview: stays so
+                spec["key"] = prior["key"]
             after[metric] = spec
             changes.append(f"{name}: {metric} {describe_tolerance(spec)}")
         notebooks[name] = after
