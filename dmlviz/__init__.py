@@ -23,6 +23,7 @@ _EXPORTS = {  # public name -> the module that defines it (imported on first use
     "ImageFolder": "dmlviz.data",
     "LabelledImages": "dmlviz.data",
     "MultiSimilarityLoss": "dmlviz.losses",
+    "NonFiniteLossError": "dmlviz.train",
     "PKSampler": "dmlviz.data",
     "ProxyAnchorLoss": "dmlviz.losses",
     "SmallCNN": "dmlviz.backbones",
