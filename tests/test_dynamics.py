@@ -131,3 +131,11 @@ def test_refinement_explorer_slider_spans_the_steps():
     step.value = 3  # redraws without error
     query.value = 7
     plt.close("all")
+
+
+def test_aligned_umap_places_every_step():
+    """The AlignedUMAP alternative of notebook 06 (full profile): one 2-D layout per step, the
+    steps tied by the identity relation; (T+1, N, 2), finite."""
+    steps, labels = _steps([40, 41])
+    maps = dynamics.step_maps_2d(steps, method="aligned_umap", seed=0)
+    assert maps.shape == (3, len(labels), 2) and np.isfinite(maps).all()

@@ -57,7 +57,7 @@ def step_maps_2d(steps, method: str = "transform", *, seed: int = 0, perplexity:
         seed: random state of t-SNE / UMAP.
         perplexity: t-SNE perplexity (capped at (N − 1) / 3).
         pca_dims: PCA dimensions fitted on e⁰ before t-SNE (skipped when D ≤ pca_dims).
-        n_jobs: threads for openTSNE.
+        n_jobs: threads for openTSNE (AlignedUMAP takes none).
 
     Returns:
         ``(T+1, N, 2)`` coordinates; step 0 is the map of e⁰.
@@ -83,7 +83,8 @@ def step_maps_2d(steps, method: str = "transform", *, seed: int = 0, perplexity:
         import umap
 
         identity = {i: i for i in range(n)}
-        aligned = umap.AlignedUMAP(n_neighbors=min(15, n - 1), random_state=seed, n_jobs=n_jobs)
+        # AlignedUMAP (umap-learn 0.5) takes no n_jobs; a random_state makes it single-threaded
+        aligned = umap.AlignedUMAP(n_neighbors=min(15, n - 1), random_state=seed)
         aligned.fit([steps[:, t] for t in range(n_steps)], relations=[identity] * (n_steps - 1))
         return np.stack([np.asarray(e) for e in aligned.embeddings_])  # (T+1, N, 2)
     raise ValueError(f"method must be 'transform' or 'aligned_umap', got {method!r}")
