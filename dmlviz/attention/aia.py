@@ -786,7 +786,7 @@ def fit_attention_head(name: str, train_maps: torch.Tensor, train_labels: torch.
                        embedding_dim: int = 64, seed: int = 0, epochs: int = 10, p: int = 8,
                        k: int = 4, lr: float = 1e-3, eval_every: int = 1,
                        device: str | torch.device = "auto", progress: bool = False,
-                       **attention_kwargs):
+                       metric_kwargs: dict | None = None, **attention_kwargs):
     """Build the ``name`` head from ``seed`` and train it with the multi-similarity loss.
 
     The model is built right after ``torch.manual_seed(seed)``, so every variant of one seed
@@ -801,7 +801,9 @@ def fit_attention_head(name: str, train_maps: torch.Tensor, train_labels: torch.
         test_maps, test_labels: the unseen classes, for Recall@K every ``eval_every`` epochs.
         embedding_dim: ``D``.
         seed: seeds the initial weights (and the random frequencies) and the batch order.
-        epochs, p, k, lr, eval_every, device, progress: as for :func:`dmlviz.train.fit`.
+        epochs, p, k, lr, eval_every, device, progress, metric_kwargs: as for
+            :func:`dmlviz.train.fit` (``metric_kwargs={"nmi": False}`` skips the k-means of NMI,
+            most of an evaluation's cost).
         **attention_kwargs: for :func:`make_attention` (``reduction``, ``rff_dim``, ``sigma`` …).
 
     Returns:
@@ -819,7 +821,8 @@ def fit_attention_head(name: str, train_maps: torch.Tensor, train_labels: torch.
     model = AttentionEmbedder(c, embedding_dim, make_attention(name, c, **attention_kwargs))
     history = fit(model, MultiSimilarityLoss(), train_maps, train_labels, test_inputs=test_maps,
                   test_labels=test_labels, epochs=epochs, p=p, k=k, lr=lr,
-                  eval_every=eval_every, seed=seed, device=device, progress=progress)
+                  eval_every=eval_every, seed=seed, device=device, progress=progress,
+                  metric_kwargs=metric_kwargs)
     return model, history
 
 
