@@ -287,6 +287,7 @@ def test_soa_figures():
         plot_attention_points,
         plot_convergence,
         plot_object_mass,
+        plot_seed_bars,
     )
 
     frac = torch.zeros(4, 4)
@@ -308,6 +309,10 @@ def test_soa_figures():
     stats = object_attention_mass(torch.full((1, 4, 4), 0.25), torch.tensor([[1.0, 0, 0, 0]]))
     stats["object_to_object"] = stats["object_chance"] = 0.25
     assert plot_object_mass({"trained": stats}).axes
+    fig = plot_seed_bars({"as trained": [0.8, 0.9], "mean row": [0.7, 0.75]}, highlight="as trained")
+    assert len(fig.axes[0].patches) == 2
+    with pytest.raises(ValueError, match="no seed"):
+        plot_seed_bars({"a": []})
     matplotlib.pyplot.close("all")
 
 

@@ -1,6 +1,7 @@
 """Second-order attention figures: where chosen points attend (Ebrahimpour et al., Fig. 6),
-attention mass on the object, convergence curves over seeds (Figs. 1, 7), and two ipywidgets
-explorers (pick an image and a point; pick a loss)."""
+attention mass on the object, convergence curves over seeds (Figs. 1, 7), per-seed bars of a
+metric under interventions or ablations, and two ipywidgets explorers (pick an image and a
+point; pick a loss)."""
 
 from __future__ import annotations
 
@@ -181,6 +182,39 @@ def plot_convergence(curves: Mapping[str, Sequence], metric: str = "recall@1", a
     ax.set_ylabel(f"test {metric} (unseen classes)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return ax.figure
+
+
+def plot_seed_bars(values: Mapping[str, Sequence[float]], ax=None, ylabel: str = "Recall@1",
+                   highlight: str | None = None):
+    """One bar per variant (the mean over seeds) with every seed as a dot, the mean printed
+    above it — for interventions and ablations compared on the same seeds.
+
+    Args:
+        values: ``{variant name: [value per seed]}``.
+        ax: axes to draw into.
+        ylabel: the y axis label.
+        highlight: a variant drawn in another colour (the reference).
+
+    Returns:
+        The matplotlib figure.
+    """
+    if not values:
+        raise ValueError("values holds no variant")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(1.4 * len(values) + 2, 3.4))
+    arrays = {name: np.asarray(v, dtype=float) for name, v in values.items()}
+    for i, (name, v) in enumerate(arrays.items()):
+        if v.size == 0:
+            raise ValueError(f"values[{name!r}] holds no seed")
+        ax.bar(i, v.mean(), color="C2" if name == highlight else "C0", alpha=0.85)
+        ax.scatter(np.full(v.size, i), v, color="black", s=12, zorder=3)
+        ax.text(i, v.max() + 0.01, f"{v.mean():.3f}", ha="center", fontsize=8)
+    low = min(v.min() for v in arrays.values())
+    ax.set_xticks(range(len(arrays)), list(arrays), fontsize=8)
+    ax.set_ylim(max(0.0, low - 0.1), min(1.05, max(v.max() for v in arrays.values()) + 0.06))
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
     return ax.figure
 
 
