@@ -280,20 +280,18 @@ def default_spec(value: Any, source: str) -> dict:
 def seed_spec(values: list, source: str) -> dict | None:
     """The spec for one metric seen in several independent runs (seeds), or ``None`` to drop it.
 
-    Strings and bools (claim verdicts among them) match exactly; integers exactly when the
-    runs agree; floats get ``abs = max(2 × spread over the runs, MIN_ABS)`` around the first
-    run's value. A difference metric (its name says minus/gain/diff/delta/change) whose
-    tolerance is at least its magnitude guards nothing — its sign can never regress — and is
-    dropped (its claim's verdict guards it instead).
+    Strings and bools (claim verdicts among them) match exactly when every run agrees, and
+    are not guarded when they differ (a verdict that flips with the seed is noise, not a
+    regression: ``None``); integers match exactly when the runs agree; floats get
+    ``abs = max(2 × spread over the runs, MIN_ABS)`` around the first run's value.
     """
     first = values[0]
     n = len(values)
     if not all(is_number(v) for v in values) or all(isinstance(v, int) for v in values) \
             and len(set(values)) == 1:
-        spec = {"value": first, "why": f"exact match, {source}"}
         if len({json.dumps(v) for v in values}) > 1:
-            spec["why"] += f"; WARNING differs across the {n} runs: {[fmt(v) for v in values]}"
-        return spec
+            return None
+        return {"value": first, "why": f"exact match, {source}"}
     spread = max(values) - min(values)
     tol = float(f"{max(2 * spread, MIN_ABS):.3g}")
     return {"value": float(f"{first:.6g}"), "abs": tol,
@@ -308,18 +306,27 @@ def _merge_seed_runs(summaries: list[dict], names: list[str], source: str,
         before = old.get(name, {})
         after = {k: v for k, v in before.items() if k.startswith("_")}
         metrics = [r.get("metrics", {}) for r in runs]
+        has_claims = any(is_claim(m) for m in metrics[0])
         for metric in sorted(metrics[0]):
             values = [m.get(metric) for m in metrics]
             if any(v is None for v in values):
                 changes.append(f"{name}: {metric} missing or null in some runs, not guarded")
                 continue
             prior = before.get(metric)
-            if prior is not None and "value" not in prior:  # a bound: kept as it was
-                after[metric] = prior
+            difference = any(w in metric.lower() for w in DIFFERENCE_WORDS)
+            if prior is not None and "value" not in prior:  # a bound
+                if difference and has_claims:
+                    changes.append(f"{name}: dropped the bound on {metric} (it pinned a "
+                                   "result's sign; the notebook's claim verdicts guard that)")
+                else:
+                    after[metric] = prior
                 continue
             spec = seed_spec(values, source)
-            if ("abs" in spec and spec["abs"] >= abs(spec["value"])
-                    and any(w in metric.lower() for w in DIFFERENCE_WORDS)):
+            if spec is None:
+                changes.append(f"{name}: {metric} differs across the runs "
+                               f"({[fmt(v) for v in values]}): not guarded")
+                continue
+            if "abs" in spec and spec["abs"] >= abs(spec["value"]) and difference:
                 changes.append(f"{name}: dropped {metric} = {fmt(values[0])} (tolerance "
                                f"{fmt(spec['abs'])} >= its size: guards nothing)")
                 continue
@@ -341,10 +348,14 @@ def make_baseline(run_dirs, out: str | os.PathLike | None = None, fresh: bool = 
     :func:`default_spec`. Metrics a succeeded notebook no longer records are dropped; entries
     of notebooks that failed or were not run are kept.
 
-    With **several** runs (the same notebooks run with independent seeds, e.g.
-    ``-p seed 0``, ``1``, ``2``): every notebook that succeeded in all of them gets its
-    tolerances re-derived from the spread over the runs (:func:`seed_spec`); the values are
-    the first run's (the one CI repeats). Bound-only specs already in the file are kept.
+    With **several** runs (the same notebooks run with independent seeds): every notebook
+    that succeeded in all of them gets its tolerances re-derived from the spread over the
+    runs (:func:`seed_spec`); the values are the first run's (the one CI repeats). A notebook
+    that trains seeds ``seed, seed + 1, …`` needs runs whose seed sets do not overlap, e.g.
+    ``-p seed 0``, ``10``, ``20``. Bound-only specs already in the file are kept, except, in a
+    notebook that records claim verdicts, bounds on difference metrics (names with
+    minus/gain/diff/delta/change): they pinned a result's sign, which the verdict now guards.
+    A difference metric whose tolerance is at least its size guards nothing and is dropped.
 
     Args:
         run_dirs: a run directory holding ``summary.json``, or a list of them.

@@ -11,19 +11,29 @@ How the verdict is computed (:func:`evaluate`)
 * Per seed s, the paired difference ``d_s = a_s - b_s`` (or ``a_s - bound``). The **effect**
   is the mean of ``d_s`` over the S seeds.
 * Seed variation: a Student-t interval, half-width ``t(0.975, S-1) · sd(d) / sqrt(S)``.
-  One seed gives no seed interval (the verdict is then *not established*), unless the claim
-  is ``deterministic`` (a count, an exact float64 error), where the interval is the value.
-* Query sampling (retrieval metrics): with per-query hits ``(S, Q)`` for both sides, the
-  queries are resampled with replacement (the same draw for every seed and both sides, so the
-  pairing is kept) ``n_boot`` times; the standard deviation of the resampled seed-mean
-  difference, times 1.96, is the query half-width. The two half-widths add in quadrature
-  (independent sources of error): ``h = sqrt(h_seed² + h_query²)``; the interval is
-  ``effect ± h``.
+  Fewer than two seeds give no interval (the verdict is then *not established*, whatever
+  the queries say), unless the claim is ``deterministic`` (a count, an exact float64 error),
+  where the interval is ``[min d, max d]`` (the value itself when the runs agree).
+* Test-set sampling (retrieval metrics): with per-query values ``(S, Q)`` for both sides
+  (``hits_a``, ``hits_b``: Recall@1 hits or per-query AP, whose means must equal ``a`` and
+  ``b``), the test set is resampled with replacement ``n_boot`` times — whole classes when
+  ``groups`` gives each query's class (queries of one class are correlated, and which
+  classes were drawn is the main source of variance on unseen classes), else single
+  queries — with the same draw for every seed and both sides, so the pairing is kept. The
+  standard deviation of the resampled seed-mean difference, times 1.96, is the query
+  half-width. The two half-widths add in quadrature, ``h = sqrt(h_seed² + h_query²)``, and
+  the interval is ``effect ± h``: an approximation that treats the two sources as
+  independent (a two-level bootstrap would be exact; with 3–5 seeds it is not reliable).
+  Paired differences that are identical on every seed, without query values, give a
+  zero-width interval: the seeds did not change the outcome.
 * Verdict: **reproduced** when the interval excludes 0 on the paper's side; **reversed** when
   it excludes 0 on the other side; **not established** when it contains 0; **not testable
   here** when the notebook says why it cannot be tested (:func:`not_testable`). For
   ``direction = "equal"`` (a claimed value, within ``tolerance``): reproduced when the whole
-  interval lies within ``±tolerance`` of it, reversed when it lies wholly outside.
+  95 % interval lies within ``±tolerance`` of it (a conservative equivalence test; TOST
+  would use the 90 % interval), reversed when it lies wholly outside.
+* Many claims at 95 % each: about one in twenty true-null claims is expected to show a
+  reproduced or reversed verdict by chance; read single verdicts with that in mind.
 
 Every result is written to ``<out_dir>/claims.json`` at once (a notebook that fails later
 keeps it) and each verdict is also recorded as the metric ``claim:<id>``, so a baseline can
@@ -172,27 +182,46 @@ def _as_seed_values(values, name: str) -> np.ndarray:
     return arr
 
 
-def _query_halfwidth(hits_a, hits_b, seeds: int, n_boot: int, seed: int) -> tuple[float, int]:
-    ha = np.asarray(hits_a, dtype=float)
-    hb = np.asarray(hits_b, dtype=float) if hits_b is not None else np.zeros_like(ha)
-    ha, hb = np.atleast_2d(ha), np.atleast_2d(hb)
-    if ha.shape != hb.shape or ha.shape[0] != seeds:
-        raise ValueError(f"hits_a and hits_b must both be (seeds, queries) = ({seeds}, Q), got "
-                         f"{ha.shape} and {hb.shape}")
+def _query_halfwidth(claim: Claim, a: np.ndarray, b: np.ndarray, hits_a, hits_b, groups,
+                     n_boot: int, seed: int) -> tuple[float, int]:
+    if claim.b is not None and (hits_a is None) != (hits_b is None):
+        raise ValueError(f"claim {claim.id} compares two methods: pass both hits_a and hits_b "
+                         "(the same queries, paired), or neither")
+    ha = np.atleast_2d(np.asarray(hits_a, dtype=float))
+    hb = (np.atleast_2d(np.asarray(hits_b, dtype=float)) if hits_b is not None
+          else np.zeros_like(ha))
+    if ha.shape != hb.shape or ha.shape[0] != a.size:
+        raise ValueError(f"claim {claim.id}: hits_a and hits_b must both be (seeds, queries) = "
+                         f"({a.size}, Q), got {ha.shape} and {hb.shape}")
     if not (np.isfinite(ha).all() and np.isfinite(hb).all()):
-        raise ValueError("hits_a / hits_b hold non-finite values")
+        raise ValueError(f"claim {claim.id}: hits_a / hits_b hold non-finite values")
+    if not np.allclose(ha.mean(1), a, atol=1e-6) or (
+            hits_b is not None and not np.allclose(hb.mean(1), b, atol=1e-6)):
+        raise ValueError(f"claim {claim.id}: the per-query values do not average to a and b "
+                         f"(means {ha.mean(1).round(4).tolist()} vs a {a.round(4).tolist()}): "
+                         "they must be the same metric on the same runs")
     diff = ha - hb  # (S, Q)
     q = diff.shape[1]
     rng = np.random.default_rng(seed)
+    if groups is not None:
+        groups = np.asarray(groups).reshape(-1)
+        if groups.size != q:
+            raise ValueError(f"claim {claim.id}: groups must give one class per query ({q}), "
+                             f"got {groups.size}")
+        members = [np.flatnonzero(groups == g) for g in np.unique(groups)]
     means = np.empty(n_boot)
     for i in range(n_boot):
-        idx = rng.integers(0, q, q)
+        if groups is None:
+            idx = rng.integers(0, q, q)
+        else:  # whole classes, drawn with replacement
+            idx = np.concatenate([members[j] for j in rng.integers(0, len(members),
+                                                                    len(members))])
         means[i] = diff[:, idx].mean()
     return 1.96 * float(means.std(ddof=1)), q
 
 
-def evaluate(claim: Claim | str, a, b=None, *, hits_a=None, hits_b=None, n_boot: int = 2000,
-             boot_seed: int = 0) -> Result:
+def evaluate(claim: Claim | str, a, b=None, *, hits_a=None, hits_b=None, groups=None,
+             n_boot: int = 2000, boot_seed: int = 0) -> Result:
     """Evaluate one claim from per-seed paired values.
 
     Args:
@@ -201,7 +230,9 @@ def evaluate(claim: Claim | str, a, b=None, *, hits_a=None, hits_b=None, n_boot:
         b: ``(S,)`` the metric of method ``b`` on the same seeds (paired), or ``None`` when
             the claim compares ``a`` with its ``bound``.
         hits_a, hits_b: optional ``(S, Q)`` per-query values (0/1 hits for Recall@1, or
-            per-query AP) on the same queries for both sides; adds the query-sampling error.
+            per-query AP) on the same queries for both sides, averaging to ``a`` and ``b``;
+            adds the test-set sampling error.
+        groups: optional ``(Q,)`` class of each query: the bootstrap then draws whole classes.
         n_boot: bootstrap draws over queries.
         boot_seed: seed of the bootstrap.
 
@@ -212,6 +243,9 @@ def evaluate(claim: Claim | str, a, b=None, *, hits_a=None, hits_b=None, n_boot:
     a = _as_seed_values(a, f"claim {claim.id}: a")
     if claim.b is not None and b is None:
         raise ValueError(f"claim {claim.id} compares {claim.a!r} with {claim.b!r}: pass b")
+    if claim.b is None and b is not None:
+        raise ValueError(f"claim {claim.id} compares {claim.a!r} with the bound "
+                         f"{claim.bound:g}: pass a alone")
     b_arr = (_as_seed_values(b, f"claim {claim.id}: b") if b is not None
              else np.full_like(a, claim.bound))
     if a.shape != b_arr.shape:
@@ -224,10 +258,13 @@ def evaluate(claim: Claim | str, a, b=None, *, hits_a=None, hits_b=None, n_boot:
     if s > 1 and not claim.deterministic:
         h_seed = float(stats.t.ppf(0.975, s - 1) * d.std(ddof=1) / math.sqrt(s))
     h_query, q = 0.0, 0
-    if hits_a is not None:
-        h_query, q = _query_halfwidth(hits_a, hits_b, s, n_boot, boot_seed)
+    if hits_a is not None or hits_b is not None:
+        h_query, q = _query_halfwidth(claim, a, b_arr, hits_a, hits_b, groups, n_boot,
+                                      boot_seed)
     h = math.hypot(h_seed, h_query)
     low, high = effect - h, effect + h
+    if claim.deterministic:
+        low, high = float(d.min()) - h_query, float(d.max()) + h_query
     result = Result(claim.id, "not established", effect, low, high, s, queries=q,
                     a=a.tolist(), b=b_arr.tolist())
     if claim.direction == "equal":
@@ -235,8 +272,8 @@ def evaluate(claim: Claim | str, a, b=None, *, hits_a=None, hits_b=None, n_boot:
     else:
         sign = 1.0 if claim.direction == "greater" else -1.0
         result.agree = int((np.sign(d) == sign).sum())
-    if s == 1 and not claim.deterministic and q == 0:
-        result.reason = "one seed: no interval"
+    if s < 2 and not claim.deterministic:
+        result.reason = "one seed: no interval over seeds"
         return result
     if claim.direction == "equal":
         if -claim.tolerance <= low and high <= claim.tolerance:

@@ -99,7 +99,8 @@ def ledger_html(summary: dict, title: str = "Claims ledger") -> str:
         return ""
     parts = [f'<section class="card ledger" id="claims"><h2>{_e(title)}</h2>'
              f'<div class="mut">{len(rows)} claim(s) from the papers: {_e(_counts(rows))}. '
-             "Effect = mean paired difference over independent seeds; interval 95 %.</div>"]
+             "Effect = mean paired difference over independent seeds; interval 95 % — about one "
+             "in twenty claims without a true effect still shows one by chance.</div>"]
     for paper, claims in _by_paper(rows).items():
         body = []
         for c in claims:
