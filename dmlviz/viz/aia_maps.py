@@ -27,7 +27,10 @@ def channel_energy(x: torch.Tensor) -> torch.Tensor:
 
 
 def plot_kernel_error(errors: Mapping[str, Mapping[int, float]], ax=None):
-    """Mean |⟨ϕ(x), ϕ(y)⟩ − k(x, y)| against the number of random features ``c'`` (log–log).
+    """Mean |⟨κ(x), κ(y)⟩ − K(x, y)| against the number of random frequencies ``c'`` (log–log).
+
+    ``κ`` is the random Fourier embedding of the paper's eq. (14), ``K`` the exact Gaussian
+    kernel of eq. (13).
 
     Each curve gets its fitted log–log slope in the legend; a dashed ``∝ 1/√c'`` line through
     the first point of the first curve is the rate of Remark 3 / eq. (16).
@@ -51,7 +54,7 @@ def plot_kernel_error(errors: Mapping[str, Mapping[int, float]], ax=None):
         if i == 0:
             ax.loglog(d, e[0] * np.sqrt(d[0] / d), "k--", lw=1, label="∝ 1/√c′ (eq. 16)")
     ax.set_xlabel("c′ (random frequencies)")
-    ax.set_ylabel("mean |⟨ϕ(x),ϕ(y)⟩ − k(x,y)|")
+    ax.set_ylabel("mean |⟨κ(x),κ(y)⟩ − K(x,y)|")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     return ax.figure
