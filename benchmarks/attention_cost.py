@@ -7,8 +7,14 @@ alone (no projections), for one image and ``C`` channels:
 * ``sa``     explicit ``softmax(q kᵀ / √C) v`` through the N × N map (eqs. 1–2);
 * ``sdpa``   ``torch.nn.functional.scaled_dot_product_attention`` (fused kernels, no N × N
   map on the kernels that support it);
+* ``plain``  the same low-rank attention written the obvious way (kernel = stride average
+  pooling, three einsum softmaxes, the indicator of eqs. 15–16, one ``torch.linalg.solve``):
+  the reference dmlviz's CSALR should not be slower than;
 * ``csalr-G`` :func:`dmlviz.attention.csalr.csalr_attention` with ``M`` pooled landmarks and
-  ``G`` groups (the channels split into G heads), indicator on (``A_mm + I``, solved).
+  ``G`` groups (the channels split into G heads), indicator on (eqs. 15–16: ``A_nm + Pᵀ``,
+  ``A_mm + I`` solved exactly, ``B = A_mn``).
+
+The thread count is printed with the table; ratios are between rows of the same run.
 
 Time: median of ``--repeats`` forward passes after ``--warmup`` (``dmlviz.cost.images_per_second``
 with batch 1). Peak memory: bytes allocated during a pass above the inputs
@@ -31,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dmlviz.attention.csalr import csalr_attention
+from dmlviz.attention.csalr import csalr_attention, landmark_grid
 from dmlviz.cost import images_per_second, peak_memory
 from dmlviz.utils import get_device
 
@@ -47,6 +53,33 @@ class ExplicitSA(nn.Module):
 class SDPA(nn.Module):
     def forward(self, q, k, v):
         return F.scaled_dot_product_attention(q, k, v)
+
+
+class PlainLowRank(nn.Module):
+    """Eqs. (11)–(17) in a dozen lines: the reference for ``csalr-1``."""
+
+    def __init__(self, landmarks: int, size: tuple[int, int]):
+        super().__init__()
+        self.size, self.grid = size, landmark_grid(landmarks, size)
+        (h, w), (mh, mw) = size, self.grid
+        if h % mh or w % mw:
+            raise SystemExit(f"plain reference: the {mh}×{mw} grid must divide the {h}×{w} map")
+        rows, cols = torch.arange(h)[:, None] // (h // mh), torch.arange(w)[None, :] // (w // mw)
+        patch = (rows * mw + cols).flatten()  # (N,) patch of each position
+        self.register_buffer("p_t", (patch[:, None] == torch.arange(mh * mw)[None, :]).float())  # (N, M)
+
+    def forward(self, q, k, v):  # (1, 1, N, C) each
+        (h, w), (mh, mw) = self.size, self.grid
+        q, k, v = q[0, 0], k[0, 0], v[0, 0]  # (N, C)
+        s = q.shape[-1] ** -0.5
+        pool = (h // mh, w // mw)
+        qt, kt = (F.avg_pool2d(t.T.reshape(1, -1, h, w), pool).flatten(2)[0].T for t in (q, k))  # (M, C)
+        a_nm = torch.softmax(torch.einsum("nc,mc->nm", q, kt) * s, -1) + self.p_t.to(q.dtype)  # (15)
+        a_mm = torch.softmax(torch.einsum("ic,jc->ij", qt, kt) * s, -1)
+        a_mm = a_mm + torch.eye(len(qt), dtype=q.dtype, device=q.device)  # (16)
+        b = torch.softmax(torch.einsum("mc,nc->mn", qt, k) * s, -1)  # (13)
+        w_ = torch.linalg.solve(a_mm, a_nm, left=False)  # W = A_nm A_mm⁻¹, (14)
+        return torch.einsum("nm,mc->nc", w_, torch.einsum("mn,nc->mc", b, v))[None, None]  # (17)
 
 
 class CSALRCore(nn.Module):
@@ -102,7 +135,7 @@ def main(argv=None) -> int:
     for n in sizes:
         size = side(n)
         q, k, v = (torch.randn(1, 1, n, args.channels, generator=g).to(device, dtype) for _ in range(3))
-        methods = {"sa": ExplicitSA(), "sdpa": SDPA()}
+        methods = {"sa": ExplicitSA(), "sdpa": SDPA(), "plain": PlainLowRank(args.landmarks, size)}
         methods.update({f"csalr-{gr}": CSALRCore(gr, args.landmarks, size) for gr in args.groups})
         results = {}
         for name, mod in methods.items():

@@ -462,3 +462,34 @@ def test_figure_helpers():
     sliders[1].value = 3  # m side: redraws without error
     assert len(box.children) == 3
     matplotlib.pyplot.close("all")
+
+
+def test_paper_chain_only_step_4_is_an_approximation():
+    """Eqs. (3)–(9): "we approximate (3) by randomly sampling m columns of A_n,n ...
+    (n/m) A_n,m U_m,n ≈ U_n,n Λ_n,n" (4), then (5)–(9) by matching and multiplying. On a
+    non-symmetric rank-m matrix (eq. 9 exact by the theorem) (4) with the paper's coefficient
+    (n/m) U_mn is off by order one, while with a Y solving A_nm Y = A U exactly (it exists iff
+    rank A = m) every step holds to rounding. Residuals are recomputed here from numpy's eig."""
+    import numpy as np
+
+    from dmlviz.attention.nystrom import paper_chain
+
+    n, m = 30, 5
+    A = rank_m(n, m, 31)
+    rows = landmarks(n, m, seed=4)
+    paper = paper_chain(A, rows)
+    exists = paper_chain(A, rows, "exists")
+    assert paper["(4)"] > 0.1 and paper["(9)"] < 1e-10
+    assert max(exists.values()) < 1e-8, exists
+    # a full-rank matrix (distinct eigenvalues: U unique up to unit scalars): no exact Y, and
+    # (9) is not exact either; (4) checked independently with numpy's eig
+    B = randn(n, n, seed=32)
+    full = paper_chain(B, rows, "exists")
+    assert full["(5)"] > 0.1 and full["(9)"] > 0.1
+    lam, u = np.linalg.eig(B.numpy())
+    r = rows.numpy()
+    lhs = (n / m) * B.numpy()[:, r] @ u[r, :]
+    ref = np.linalg.norm(lhs - u * lam) / np.linalg.norm(u * lam)
+    assert paper_chain(B, rows)["(4)"] == pytest.approx(ref, rel=1e-6)
+    with pytest.raises(ValueError, match="coefficient must be"):
+        paper_chain(A, rows, "nystrom")

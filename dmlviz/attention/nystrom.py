@@ -656,6 +656,65 @@ def nystrom_softmax_attention(
 # ----------------------------------------------------------------------------- the derivation
 
 
+CHAIN_STEPS = ("(4)", "(5)", "(6)", "(7)", "(8)", "(9)")
+
+
+def paper_chain(A: torch.Tensor, rows, coefficient: str = "paper") -> dict[str, float]:
+    """The residual of every step of the paper's derivation (eqs. 3–9), as printed.
+
+    With the eigen-system ``A U = U Λ`` (3) (complex in general) and ``U_mn = U[S, :]`` the
+    ``m`` sampled rows of ``U``, the paper writes, for a coefficient ``Y = (n/m) U_mn``::
+
+        (4)  A_nm Y ≈ U Λ                      (the Nyström quadrature: the only approximation)
+        (5)  A_nm Y ≈ A U                      (4) matched against (3)
+        (6)  A_mm Y ≈ A_mn U                   the rows S of (5)
+        (7)  A_nm Y U⁻¹ ≈ A_nm A_mm⁻¹ A_mn     (6) times A_mm⁻¹, A_nm (left) and U⁻¹ (right)
+        (8)  U Λ U⁻¹ ≈ A_nm A_mm⁻¹ A_mn        (4) matched against (7)
+        (9)  A ≈ A_nm A_mm⁻¹ A_mn              (8) matched against (3)
+
+    (5)–(9) follow from (4) by substitution. ``coefficient="exists"`` replaces (4)'s ``(n/m)
+    U_mn`` by the least-squares ``Y`` of ``A_nm Y = A U``: an exact ``Y`` exists iff the columns
+    of ``A`` lie in the span of ``A_nm`` (``rank A = rank A_nm``); with ``A_mm`` invertible that is
+    ``rank A = m``, the theorem's condition, and then every step is an equality.
+
+    Args:
+        A: ``(N, N)`` square matrix (computed in complex128).
+        rows: ``(M,)`` distinct landmarks ``S`` with ``A[S, S]`` invertible.
+        coefficient: ``"paper"`` (``Y = (n/m) U_mn``) or ``"exists"`` (least-squares ``Y``).
+
+    Returns:
+        ``{"(4)": r4, …, "(9)": r9}``: ``‖lhs − rhs‖_F / ‖rhs‖_F`` of each step as written.
+    """
+    _check_matrix(A, square=True, why=" for an eigen-system")
+    if coefficient not in ("paper", "exists"):
+        raise ValueError(f"coefficient must be 'paper' or 'exists', got {coefficient!r}")
+    rows = _check_indices(rows, A.shape[0], "rows", A.device).cpu()
+    a = A.detach().to(torch.complex128).cpu()
+    n, m = a.shape[0], len(rows)
+    lam, u = torch.linalg.eig(a)  # (3): A U = U Λ
+    a_nm, a_mm, a_mn = a[:, rows], a[rows][:, rows], a[rows, :]
+    au = a @ u  # (N, N)
+    if coefficient == "paper":
+        y = (n / m) * u[rows, :]  # (M, N): (n/m) U_mn
+    else:
+        y = torch.linalg.lstsq(a_nm, au).solution  # (M, N): argmin ‖A_nm Y − A U‖
+    u_inv = torch.linalg.inv(u)
+    nys = a_nm @ torch.linalg.solve(a_mm, a_mn)  # A_nm A_mm⁻¹ A_mn
+
+    def rel(lhs, rhs) -> float:
+        return float((lhs - rhs).norm() / rhs.norm().clamp_min(1e-300))
+
+    return {
+        "(4)": rel(a_nm @ y, u * lam),  # A_nm Y ≈ U Λ
+        "(5)": rel(a_nm @ y, au),  # A_nm Y ≈ A U
+        "(6)": rel(a_mm @ y, a_mn @ u),  # A_mm Y ≈ A_mn U
+        "(7)": rel(a_nm @ y @ u_inv, nys),  # A_nm Y U⁻¹ ≈ A_nm A_mm⁻¹ A_mn
+        "(8)": rel((u * lam) @ u_inv, nys),  # U Λ U⁻¹ ≈ A_nm A_mm⁻¹ A_mn
+        "(9)": rel(nys, a),  # A ≈ A_nm A_mm⁻¹ A_mn
+    }
+
+
+
 def derivation_gaps(A: torch.Tensor, rows) -> dict[str, float]:
     """How far each "≈" of the eigen-system derivation of eq. (9) is from equality.
 

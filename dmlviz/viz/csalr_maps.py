@@ -21,7 +21,8 @@ def _check_points(points, grid):
 
 def plot_reconstruction_points(image, original: torch.Tensor, reconstructed: torch.Tensor,
                                grid: tuple[int, int], points: Sequence[tuple[int, int]],
-                               axes=None, title: str | None = None, size: float = 2.0):
+                               axes=None, title: str | None = None, size: float = 2.0,
+                               label: str = "reconstructed W·B"):
     """Fig. 4 of the paper: for each query point, the original attention row, the
     reconstructed row (``W B``) and their difference, over the image.
 
@@ -33,6 +34,7 @@ def plot_reconstruction_points(image, original: torch.Tensor, reconstructed: tor
         points: ``[(row, col), …]`` query cells, one figure row each.
         axes: ``(len(points), 3)`` axes to draw into (default: a new figure).
         title: figure title.
+        label: title of the reconstruction panels (say which variant it is).
 
     Returns:
         The matplotlib figure. Original and reconstruction share one colour scale per row
@@ -61,7 +63,7 @@ def plot_reconstruction_points(image, original: torch.Tensor, reconstructed: tor
         lim = max(np.abs(diff).max(), 1e-12)
         err = np.linalg.norm(diff) / max(np.linalg.norm(row_a), 1e-300)
         panels = ((row_a, "inferno", 0, top, f"original, max {row_a.max():.3f}"),
-                  (row_r, "inferno", 0, top, "reconstructed W·B"),
+                  (row_r, "inferno", 0, top, label),
                   (diff, "RdBu_r", -lim, lim, f"difference (row error {err:.2f})"))
         for j, (m, cmap, lo, hi, label) in enumerate(panels):
             ax = axes[i, j]
