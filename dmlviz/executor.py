@@ -193,10 +193,6 @@ class Cluster:
     def workers(self) -> int:
         return len(self.client.scheduler_info().get("workers", {}))
 
-    def worker_pids(self) -> dict[str, int]:
-        """Worker address → process id (for tests and diagnostics)."""
-        return self.client.run(os.getpid)
-
     def __exit__(self, *exc) -> None:
         for thing in (self.client, self.cluster):
             if thing is not None:
@@ -273,8 +269,10 @@ def execute(jobs: list[dict], *, scheduler: str | None = None, workers: int = 1,
                   f"{cl.dashboard or 'not available (install bokeh for it)'}", file=sys.stderr)
         client = cl.client
         futures = {}
-        for job in jobs:
-            futures[client.submit(run_task, job, key=f"dmlviz-{job['key']}-{token}",
+        # one task group (tuple keys sharing a name), so a long sweep is queued on the
+        # scheduler and handed out as workers free up
+        for i, job in enumerate(jobs):
+            futures[client.submit(run_task, job, key=(f"dmlviz-{token}", i),
                                   pure=False, retries=0)] = job
         resubmitted: set[str] = set()
         failed = 0
@@ -301,7 +299,8 @@ def execute(jobs: list[dict], *, scheduler: str | None = None, workers: int = 1,
                             if len(seen) < MAX_ATTEMPTS and job["key"] not in resubmitted:
                                 resubmitted.add(job["key"])
                                 retry = client.submit(run_task, job, pure=False, retries=0,
-                                                      key=f"dmlviz-{job['key']}-{token}-retry")
+                                                      key=(f"dmlviz-{token}-retry",
+                                                           keys.index(job["key"])))
                                 futures[retry] = job
                                 continue
                             r = died_result({"cell": None, "exec_count": None,
@@ -318,12 +317,10 @@ def execute(jobs: list[dict], *, scheduler: str | None = None, workers: int = 1,
                 now = time.monotonic()
                 if progress and (finished or now - last_poll > 2):
                     last_poll = now
-                    mine = {f.key for f in futures}
-                    try:
-                        running = sum(1 for ks in client.processing().values()
-                                      for k in ks if k in mine)
-                    except Exception:  # noqa: BLE001 - only for the bar
-                        running = 0
+                    # started = registered an attempt (a task the scheduler assigned to a
+                    # worker may still wait there for the worker's one thread)
+                    running = sum(1 for j in futures.values()
+                                  if _read_attempts(j["out_dir"], token))
                     bar.set_postfix_str(f"done {len(results) - failed}, failed {failed}, "
                                         f"running {running}, waiting {len(futures) - running}")
                 if futures and not finished:

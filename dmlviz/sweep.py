@@ -426,7 +426,8 @@ def run_sweep(spec: Spec | str | os.PathLike, *, out: str | os.PathLike | None =
     if scheduler is None and workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
     device = device or spec.device
-    resolved = runner._resolve_device(device)
+    # on an existing cluster the workers' devices count, not this machine's
+    resolved = runner._resolve_device(device) if scheduler is None else device
     root = runner.project_root()
     started = _dt.datetime.now(_dt.UTC)
     old_sweep: dict = {}
@@ -663,25 +664,22 @@ def plot_metric(sweep: dict, metric: str, rows: list[dict], axes: list[Axis], pa
     first, rest = axes[0], axes[1:]
     ticks = first.values
     numeric = all(len(t) == 1 and _is_number(t[0]) for t in ticks)
-    xs = {t: (float(t[0]) if numeric else i) for i, t in enumerate(ticks)}
+    h = lambda value: json.dumps(value, sort_keys=True)  # noqa: E731 - values may be lists
+    xs = {h(list(t)): (float(t[0]) if numeric else i) for i, t in enumerate(ticks)}
     fig, ax = plt.subplots(figsize=(6.0, 3.6))
-    groups: dict[tuple, list] = {}
+    groups: dict[str, list] = {}
     for row in rows:
-        x = tuple(row["point"][n] if not isinstance(row["point"][n], list)
-                  else tuple(row["point"][n]) for n in first.names)
-        key = tuple(tuple(row["point"][n] if not isinstance(row["point"][n], list)
-                          else tuple(row["point"][n]) for n in a.names) for a in rest)
-        groups.setdefault(key, []).append((x, row))
-    norm = {tuple(tuple(v) if isinstance(v, list) else v for v in t): t for t in ticks}
-    for key, items in groups.items():
-        items.sort(key=lambda it: xs[norm[it[0]]])
-        x = [xs[norm[it[0]]] for it in items]
-        y = [it[1]["mean"] for it in items]
+        x = xs[h([row["point"][n] for n in first.names])]
+        key = [[row["point"][n] for n in a.names] for a in rest]
+        groups.setdefault(h(key), [key]).append((x, row))
+    for key, *items in groups.values():
+        items.sort(key=lambda it: it[0])
         err = [it[1]["half"] or 0.0 for it in items]
         label = ", ".join(f"{a.label} = {a.tick(k)}" for a, k in zip(rest, key, strict=True))
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label or None)
+        ax.errorbar([it[0] for it in items], [it[1]["mean"] for it in items], yerr=err,
+                    marker="o", capsize=3, label=label or None)
     if numeric:
-        vals = [xs[t] for t in ticks]
+        vals = [float(t[0]) for t in ticks]
         if min(vals) > 0 and max(vals) / min(vals) >= 8:
             ax.set_xscale("log", base=2)
         ax.set_xticks(vals, [first.tick(t) for t in ticks])

@@ -14,6 +14,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -272,3 +274,40 @@ def test_ready_sweeps_fit_the_notebooks(path):
     else:
         assert (path.parent / f"{path.stem}-quick.toml").is_file()
         assert spec.profile == "full" and len(spec.seeds) >= 3
+
+
+def test_ctrl_c_stops_cleanly_keeping_what_finished(tiny, tmp_path):
+    """SIGINT (Ctrl-C) to ``dmlviz sweep`` while one point holds: exit 130, the finished point
+    kept in sweep.json and on the page, the other one recorded as cancelled."""
+    hold = tmp_path / "hold.pid"
+    spec = write_spec(tmp_path / "int.toml", f"""notebook = "01_tiny"
+seeds = [0]
+device = "cpu"
+[parameters]
+hold = "{hold}"
+[grid]
+width = [5, 6]
+""")
+    out = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "dmlviz.cli", "sweep", str(spec),
+                             "--notebooks", str(tiny), "--workers", "2", "--out", str(out),
+                             "--no-progress"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline:
+        try:
+            if json.loads((out / "sweep.json").read_text())["counts"].get("ok") == 1:
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.3)
+    assert hold.exists(), "the holding point never started"
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=90)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert time.monotonic() - t0 < 45  # it did not wait for the held notebook (60 s)
+    s = json.loads((out / "sweep.json").read_text())
+    assert s["interrupted"] is True and s["counts"] == {"ok": 1, "cancelled": 1}
+    assert "--resume" in stdout
+    assert "Interrupted" in (out / "sweep.html").read_text()
