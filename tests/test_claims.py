@@ -95,10 +95,11 @@ def test_registry_claims_are_complete_and_quote_their_paper():
     notebooks = {p.stem for p in (Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb")}
     for c in claims.CLAIMS.values():
         assert c.notebook in notebooks, f"{c.id}: unknown notebook {c.notebook!r}"
-        if PAPERS.is_dir() and "$" not in c.quote and "\\" not in c.quote:
+        if PAPERS.is_dir() and "\\" not in c.quote:
             text = "".join((PAPERS / c.paper).read_text(encoding="utf-8").split()).lower()
+            text = text.replace("$", "")  # inline maths markers of the PDF extraction
             for part in c.quote.split("…"):  # an elided quote: every part stands in the paper
-                part = "".join(part.split()).lower()[:80]  # line breaks, hyphenation folded
+                part = "".join(part.split()).lower().replace("$", "")[:80]  # layout folded
                 assert part in text, f"{c.id}: quote not in {c.paper}: {part!r}"
 
 
