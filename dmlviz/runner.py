@@ -186,11 +186,20 @@ def select(names: list[str] | tuple[str, ...], notebooks: list[NotebookInfo]) ->
     return sorted(chosen, key=lambda nb: nb.name)
 
 
+def _tuples_as_lists(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_tuples_as_lists(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _tuples_as_lists(v) for k, v in value.items()}
+    return value
+
+
 def parse_value(text: str) -> Any:
     """A ``-p`` value: a Python literal (``8``, ``0.5``, ``True``, ``None``, ``[1, 2]``,
-    ``'x'``) or else the text itself as a string."""
+    ``'x'``) or else the text itself as a string. Tuples become lists: papermill injects a
+    tuple as its string form, a list as a list."""
     try:
-        return ast.literal_eval(text)
+        return _tuples_as_lists(ast.literal_eval(text))
     except (ValueError, SyntaxError):
         return text
 

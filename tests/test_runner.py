@@ -107,6 +107,7 @@ def test_parse_value():
     assert runner.parse_value("8") == 8 and runner.parse_value("0.5") == 0.5
     assert runner.parse_value("False") is False and runner.parse_value("None") is None
     assert runner.parse_value("[1, 2]") == [1, 2] and runner.parse_value("fps") == "fps"
+    assert runner.parse_value("(1, (2, 3))") == [1, [2, 3]]  # papermill would inject a string
 
 
 # --------------------------------------------------------------------------- a mixed run
