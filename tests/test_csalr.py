@@ -319,3 +319,20 @@ def test_figures_and_explorer():
     box.children[0].children[0].value = 1  # the first slider redraws
     assert calls == [(0, 96, 1), (1, 96, 1)]
     plt.close("all")
+
+
+def test_reconstruction_panels_keep_their_label_for_every_point():
+    """Fig. 4 helper: each query row titles its reconstruction panel with the caller's label."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dmlviz.viz.csalr_maps import plot_reconstruction_points
+
+    a = torch.softmax(torch.randn(16, 16), -1)
+    fig = plot_reconstruction_points(torch.rand(3, 32, 32), a, a, (4, 4), [(0, 0), (1, 1), (3, 2)],
+                                     label="paper: W·B")
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[1::3] == ["paper: W·B"] * 3, titles
+    plt.close(fig)

@@ -63,9 +63,9 @@ def plot_reconstruction_points(image, original: torch.Tensor, reconstructed: tor
         lim = max(np.abs(diff).max(), 1e-12)
         err = np.linalg.norm(diff) / max(np.linalg.norm(row_a), 1e-300)
         panels = ((row_a, "inferno", 0, top, f"original, max {row_a.max():.3f}"),
-                  (row_r, "inferno", 0, top, label),
+                  (row_r, "inferno", 0, top, label),  # the caller's name of the variant
                   (diff, "RdBu_r", -lim, lim, f"difference (row error {err:.2f})"))
-        for j, (m, cmap, lo, hi, label) in enumerate(panels):
+        for j, (m, cmap, lo, hi, name) in enumerate(panels):
             ax = axes[i, j]
             ax.imshow(grey, cmap="gray", alpha=0.45, interpolation="nearest")
             ax.imshow(_upsample(m, (sh, sw)), cmap=cmap, vmin=lo, vmax=hi, alpha=0.75,
@@ -73,7 +73,7 @@ def plot_reconstruction_points(image, original: torch.Tensor, reconstructed: tor
             x, y = (pc + 0.5) * sw / w - 0.5, (pr + 0.5) * sh / h - 0.5
             ax.scatter([x], [y], s=50, c=POINT_COLOURS[i % len(POINT_COLOURS)],
                        edgecolors="white", linewidths=1.2, zorder=3)
-            ax.set_title(f"point {i + 1}: {label}" if j == 0 else label, fontsize=7)
+            ax.set_title(f"point {i + 1}: {name}" if j == 0 else name, fontsize=7)
             ax.set_xticks([])
             ax.set_yticks([])
     if title:
