@@ -336,3 +336,16 @@ def test_reconstruction_panels_keep_their_label_for_every_point():
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[1::3] == ["paper: W·B"] * 3, titles
     plt.close(fig)
+
+
+@pytest.mark.parametrize("inverse,indicator", [("solve", True), ("pinv", False), ("iterative", False)])
+def test_output_without_maps_equals_w_times_b_v(inverse, indicator):
+    """Eq. (17): O_i = I_i + α Σ_k W_ik Σ_j B_kj V_j. The fast path (no maps) computes
+    A_nm (A_mm⁻¹ (B v)); it must equal W (B v) with W = A_nm A_mm⁻¹ formed explicitly."""
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 2, 48, 4, generator=g, dtype=DT) for _ in range(3))
+    fast = csalr_attention(q, k, v, (2, 3), size=(6, 8), indicator=indicator, inverse=inverse, scale=0.5)
+    out, w, b = csalr_attention(q, k, v, (2, 3), size=(6, 8), indicator=indicator, inverse=inverse,
+                                scale=0.5, return_maps=True)
+    torch.testing.assert_close(fast, out, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(fast, w @ (b @ v), rtol=1e-8, atol=1e-10)

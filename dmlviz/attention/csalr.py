@@ -62,6 +62,7 @@ from dmlviz.attention.nystrom import (
     INDICATOR_AT,
     INVERSES,
     _grid,
+    inverse_times,
     nystrom_softmax_attention,
     patches,
 )
@@ -134,9 +135,12 @@ def csalr_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, landmarks
             ``"pinv"`` or ``"iterative"``.
         return_maps: also return ``W (B, G, N, M)`` and ``B (B, G, M, N)``.
 
+    Without ``return_maps`` the output is computed as ``A_nm (A_mm⁻¹ (B v))`` (an ``M × Cv``
+    solve; ``W`` is never formed), with them as ``W (B v)``; the two agree to rounding.
+
     Half-precision inputs (float16 / bfloat16): the factors ``W`` and ``B`` are computed in
     float32 (PyTorch has no half-precision ``solve``) and cast back; ``W (B v)`` runs in the
-    input dtype.
+    input dtype (without ``return_maps`` everything runs in float32 and is cast back).
 
     Returns:
         ``out (B, G, N, Cv)`` with ``out = W (B v)`` — the ``N × N`` map is never formed —
@@ -176,7 +180,11 @@ def csalr_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, landmarks
         landmarks = dict(m=grid, size=tuple(size))
     f = nystrom_softmax_attention(
         qf, kf, **landmarks, indicator=indicator, indicator_at=indicator_at, scale=scale,
-        inverse=inverse, check=False)  # eqs. (11)–(16); A_mm + I invertible (Gershgorin)
+        inverse=inverse, check=False, compute_w=return_maps)  # eqs. (11)–(16)
+    if not return_maps:  # W (B v) = A_nm (A_mm⁻¹ (B v)): an M × Cv solve instead of N × M
+        vf = v.float().reshape(b * g, n, -1) if low else v.reshape(b * g, n, -1)  # (B·G, N, Cv)
+        z = inverse_times(f.a_mm, f.b @ vf, inverse)  # (B·G, M, Cv)
+        return (f.a_nm @ z).reshape(b, g, n, -1).to(v.dtype)  # (B, G, N, Cv)   eq. (17)
     w = f.w.reshape(b, g, n, -1).to(v.dtype)  # (B, G, N, M)
     bm = f.b.reshape(b, g, -1, n).to(v.dtype)  # (B, G, M, N)
     out = w @ (bm @ v)  # (B, G, N, Cv)   eq. (17), W (B V)

@@ -190,6 +190,31 @@ def solve_right(core: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return out.reshape(*batch, *out.shape[-2:])
 
 
+def inverse_times(core: torch.Tensor, y: torch.Tensor, inverse: str = "solve",
+                  iterations: int = 6) -> torch.Tensor:
+    """``core⁻¹ y`` (or the pseudo-inverse): ``(…, M, M)⁻¹ @ (…, M, C)``.
+
+    CSALR's output ``W (B v) = A_nm (A_mm⁻¹ (B v))`` needs only this ``M × C`` solve, not the
+    ``N × M`` one that forms ``W``. ``"solve"`` goes through :func:`solve_right` (the CPU guard)
+    on the transposes; no singularity check (use it where ``A_mm + I`` guarantees invertibility).
+
+    Args:
+        core: ``(…, M, M)``.
+        y: ``(…, M, C)``.
+        inverse: ``"solve"``, ``"pinv"`` or ``"iterative"``.
+        iterations: steps of the iterative pseudo-inverse.
+
+    Returns:
+        ``(…, M, C)``.
+    """
+    _check_inverse(inverse, iterations)
+    if inverse == "pinv":
+        return torch.linalg.pinv(core) @ y
+    if inverse == "iterative":
+        return pinv_iterative(core, iterations) @ y
+    return solve_right(core.transpose(-1, -2), y.transpose(-1, -2)).transpose(-1, -2)
+
+
 def _times_inverse(x: torch.Tensor, core: torch.Tensor, inverse: str, iterations: int,
                    name: str = "A_mm", check: bool = True) -> torch.Tensor:
     """``x @ core⁻¹`` (or the pseudo-inverse): ``(…, N, M) @ (…, M, M)⁻¹``; with ``check`` a
@@ -566,6 +591,7 @@ def nystrom_softmax_attention(
     iterations: int = 6,
     check: bool = True,
     return_reconstruction: bool = False,
+    compute_w: bool = True,
 ) -> NystromAttention:
     """CSALR's attention-level Nyström factors (eqs. 10–16) from pooled (or given) landmarks.
 
@@ -591,6 +617,8 @@ def nystrom_softmax_attention(
             ``M × M`` blocks) and raise a clear error if not. Turn it off in a training loop
             where the indicator term already guarantees invertibility.
         return_reconstruction: also return the ``(…, N, N)`` map ``W B``.
+        compute_w: form ``W`` (default). False leaves ``w`` None (and no reconstruction):
+            for callers that apply ``A_mm⁻¹`` to ``B v`` instead (:func:`inverse_times`).
 
     Returns:
         :class:`NystromAttention` with ``w`` ``(…, N, M)``, ``b`` ``(…, M, N)``, the blocks
@@ -648,6 +676,8 @@ def nystrom_softmax_attention(
         a_nm, a_mm = a_nm + p.T, a_mm + eye  # eqs. (15), (16): A_nm + 1(Q_i, K'_j), A_mm + I
         if indicator_at == "affinity_b":  # NOT the paper: B = A_mn + P (reconstructs A + PᵀP)
             a_mn = a_mn + p
+    if not compute_w:
+        return NystromAttention(None, a_mn, a_nm, a_mm, None, patch)
     w = _times_inverse(a_nm, a_mm, inverse, iterations, check=check)  # W = A_nm A_mm⁻¹ eq. (14)
     recon = w @ a_mn if return_reconstruction else None  # (…, N, N)
     return NystromAttention(w, a_mn, a_nm, a_mm, recon, patch)
