@@ -724,10 +724,8 @@ def paper_chain(A: torch.Tensor, rows, coefficient: str = "paper") -> dict[str, 
     lam, u = torch.linalg.eig(a)  # (3): A U = U Λ
     a_nm, a_mm, a_mn = a[:, rows], a[rows][:, rows], a[rows, :]
     au = a @ u  # (N, N)
-    if coefficient == "paper":
-        y = (n / m) * u[rows, :]  # (M, N): (n/m) U_mn
-    else:
-        y = torch.linalg.lstsq(a_nm, au).solution  # (M, N): argmin ‖A_nm Y − A U‖
+    # (M, N): the paper's (n/m) U_mn, or the least-squares Y = argmin ‖A_nm Y − A U‖
+    y = (n / m) * u[rows, :] if coefficient == "paper" else torch.linalg.lstsq(a_nm, au).solution
     u_inv = torch.linalg.inv(u)
     nys = a_nm @ torch.linalg.solve(a_mm, a_mn)  # A_nm A_mm⁻¹ A_mn
 
