@@ -45,9 +45,8 @@ from torch import nn
 from dmlviz.checks import check_int, check_labels
 
 __all__ = ["MEAN_STD_METRICS", "METHODS", "Benchmark", "Method", "build_method", "comparison_table",
-           "embed_maps", "embedding_metrics", "load_benchmark", "method_costs",
-           "paired_differences", "refine_on_top", "run_benchmark", "summarise", "train_method",
-           "verdict"]
+           "embed_maps", "embedding_metrics", "load_benchmark", "method_costs", "refine_on_top",
+           "run_benchmark", "summarise", "train_method", "validation_split"]
 
 
 @dataclass(frozen=True)
