@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dmlviz.attention.csalr import csalr_attention, landmark_grid
+from dmlviz.attention.nystrom import patches
 from dmlviz.cost import images_per_second, peak_memory
 from dmlviz.utils import get_device
 
@@ -60,20 +61,16 @@ class PlainLowRank(nn.Module):
 
     def __init__(self, landmarks: int, size: tuple[int, int]):
         super().__init__()
-        self.size, self.grid = size, landmark_grid(landmarks, size)
-        (h, w), (mh, mw) = size, self.grid
-        if h % mh or w % mw:
-            raise SystemExit(f"plain reference: the {mh}×{mw} grid must divide the {h}×{w} map")
-        rows, cols = torch.arange(h)[:, None] // (h // mh), torch.arange(w)[None, :] // (w // mw)
-        patch = (rows * mw + cols).flatten()  # (N,) patch of each position
-        self.register_buffer("p_t", (patch[:, None] == torch.arange(mh * mw)[None, :]).float())  # (N, M)
+        grid = landmark_grid(landmarks, size)
+        patch = patches(size[0] * size[1], grid, size)  # (N,) disjoint patch of each position
+        onehot = (patch[None, :] == torch.arange(grid[0] * grid[1])[:, None]).float()  # (M, N)
+        self.register_buffer("p_t", onehot.T.contiguous())  # (N, M): 1(Q_i, K'_j)
+        self.register_buffer("mean", onehot / onehot.sum(1, keepdim=True))  # (M, N) average pooling
 
     def forward(self, q, k, v):  # (1, 1, N, C) each
-        (h, w), (mh, mw) = self.size, self.grid
         q, k, v = q[0, 0], k[0, 0], v[0, 0]  # (N, C)
         s = q.shape[-1] ** -0.5
-        pool = (h // mh, w // mw)
-        qt, kt = (F.avg_pool2d(t.T.reshape(1, -1, h, w), pool).flatten(2)[0].T for t in (q, k))  # (M, C)
+        qt, kt = self.mean.to(q.dtype) @ q, self.mean.to(q.dtype) @ k  # (M, C) landmarks
         a_nm = torch.softmax(torch.einsum("nc,mc->nm", q, kt) * s, -1) + self.p_t.to(q.dtype)  # (15)
         a_mm = torch.softmax(torch.einsum("ic,jc->ij", qt, kt) * s, -1)
         a_mm = a_mm + torch.eye(len(qt), dtype=q.dtype, device=q.device)  # (16)
