@@ -48,6 +48,15 @@ TINY_CELLS = [
 ]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def fixed_commit():
+    """One commit for the whole module: others committing to the checkout meanwhile must not
+    make --resume rerun everything (a new commit does, by design)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("dmlviz.runner._git_commit", lambda root: "abc1234")
+        yield
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, notebook_factory):
     d = tmp_path_factory.mktemp("sweep_notebooks")
