@@ -9,8 +9,10 @@ uses ``I = J``)::
 
     Â = A[:, J] · A[I, J]⁻¹ · A[I, :]  = A_nm A_mm⁻¹ A_mn                              (9)
 
-The paper derives (9) from the eigen-system of ``A`` through several "≈" steps
-(:func:`derivation_gaps` measures each). The rigorous statement needs none of them. Permute
+The paper derives (9) from the eigen-system of ``A`` (eqs. 3–9): only (4) is an approximation,
+(5)–(9) follow by substitution; :func:`paper_chain` measures every line as printed, and shows that
+replacing (4)'s coefficient by a ``Y`` with ``A U = A_nm Y`` (which exists iff ``rank A = m``) makes
+every line exact. The rigorous statement needs no eigenvectors. Permute
 ``I`` first and write ``A = [[A_mm, A_mr], [A_rm, A_rr]]``; the block LDU factorisation::
 
     A = [[I, 0], [A_rm A_mm⁻¹, I]] · [[A_mm, 0], [0, S]] · [[I, A_mm⁻¹ A_mr], [0, I]]
@@ -746,8 +748,8 @@ def paper_chain(A: torch.Tensor, rows, coefficient: str = "paper") -> dict[str, 
 def derivation_gaps(A: torch.Tensor, rows) -> dict[str, float]:
     """How far each "≈" of the eigen-system derivation of eq. (9) is from equality.
 
-    The derivation (our reconstruction of eqs. 3–9, the classical Nyström argument of
-    Williams & Seeger 2001 extended with left eigenvectors for non-symmetric ``A``): with
+    The classical Nyström argument of Williams & Seeger 2001, extended with left eigenvectors
+    for non-symmetric ``A`` (not the paper's chain as printed: see :func:`paper_chain`): with
     eigenpairs ``A uᵢ = μᵢ uᵢ`` (``μ`` by decreasing modulus, complex in general) and
     ``A_mm U_m = U_m Λ_m``, ``S`` = the landmarks:
 
