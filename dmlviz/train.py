@@ -9,8 +9,9 @@ of tensors indexed together (e.g. a local and a global feature map), passed to t
 ``model(*batch)``.
 
 Finished runs are cached on disk (``dmlviz.cache``) under a key made of the initial weights
-of model and loss, the training data and every hyper-parameter, so re-running a notebook
-cell returns the trained model at once; a corrupt checkpoint — unreadable, or readable but of
+of model and loss, the training data, every hyper-parameter and the source of the code that
+defines them (:func:`source_digest`: editing a module's forward pass retrains), so re-running
+a notebook cell returns the trained model at once; a corrupt checkpoint — unreadable, or readable but of
 the wrong structure (other keys, other shapes, a malformed history) — is retrained with a
 warning, and a cache that cannot be written only warns: the trained model is returned.
 
@@ -22,9 +23,12 @@ the :class:`History` of the epochs completed so far (``err.history``).
 
 from __future__ import annotations
 
+import hashlib
 import math
+import sys
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -77,6 +81,19 @@ class NonFiniteLossError(FloatingPointError, ValueError):
     def __init__(self, message: str, history: History, epoch: int, batch: int) -> None:
         super().__init__(message)
         self.history, self.epoch, self.batch = history, epoch, batch
+
+
+def source_digest(*modules: nn.Module) -> str:
+    """A hash of the source files that define ``modules`` (every submodule's class), of this
+    training loop and of :mod:`dmlviz.data` (the P×K sampler): part of the checkpoint key."""
+    names = {type(m).__module__ for module in modules for m in module.modules()}
+    names = {n for n in names | {__name__, "dmlviz.data"} if n.split(".")[0] == "dmlviz"}
+    sources = {}
+    for name in sorted(names):
+        path = getattr(sys.modules.get(name), "__file__", None)
+        if path and Path(path).is_file():
+            sources[name] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return digest(sources)
 
 
 def _check_inputs(inputs, name: str = "inputs") -> Inputs:
@@ -220,10 +237,13 @@ def fit(
     device = get_device(device)
     sampler = PKSampler(labels, p=p, k=k, seed=seed)  # validates p and k
 
-    # repr() carries hyper-parameters that are not in the state dict (MS alpha, hybrid weight…)
+    # repr() carries hyper-parameters that are not in the state dict (MS alpha, hybrid weight…);
+    # code = the source of every module that defines a part of model or loss, and of this loop
+    # and the sampler, so a checkpoint trained by other code is never taken for this one
     config = dict(model=repr(model), loss=repr(loss), epochs=epochs, p=p, k=k,
                   lr=lr, loss_lr=loss_lr, weight_decay=weight_decay, eval_every=eval_every,
-                  seed=seed, test=test_labels is not None, version=1)
+                  seed=seed, test=test_labels is not None, version=1,
+                  code=source_digest(model, loss))
     if metric_kwargs:  # only when given, so the keys of earlier runs stay valid
         config["metric_kwargs"] = dict(metric_kwargs)
     metric_kwargs = dict(metric_kwargs or {})

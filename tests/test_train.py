@@ -137,3 +137,20 @@ def test_cache_key_includes_hyper_parameters_outside_the_state_dict():
     fit(_model(), MultiSimilarityLoss(alpha=2.0), x, y, epochs=1, p=4, k=4, progress=False)
     other = fit(_model(), MultiSimilarityLoss(alpha=3.0), x, y, epochs=1, p=4, k=4, progress=False)
     assert not other.from_cache
+
+
+def test_checkpoint_key_covers_the_code_that_defines_the_model(tmp_path, monkeypatch):
+    """A stale checkpoint (trained by other code) is never loaded: the key holds a hash of the
+    source of every dmlviz module that defines a part of the model or the loss."""
+    import sys
+
+    from dmlviz.attention.csalr import CSALR
+    from dmlviz.losses import MultiSimilarityLoss
+    from dmlviz.train import source_digest
+
+    plain = source_digest(torch.nn.Linear(2, 2), MultiSimilarityLoss())
+    assert source_digest(CSALR(8), MultiSimilarityLoss()) != plain
+    fake = tmp_path / "fake_losses.py"
+    fake.write_text("# another version of the losses module\n")
+    monkeypatch.setattr(sys.modules["dmlviz.losses"], "__file__", str(fake))
+    assert source_digest(torch.nn.Linear(2, 2), MultiSimilarityLoss()) != plain
