@@ -8,7 +8,7 @@ import pytest
 from test_report import CHROMIUM_ARGS, _open
 
 import dmlviz
-from dmlviz.viz.html_explorers import choice_explorer, click_explorer
+from dmlviz.viz.html_explorers import choice_explorer, click_explorer, query_maps
 
 
 def _maps(gh=4, gw=4, h=6, w=6):
@@ -64,3 +64,14 @@ def test_explorers_change_the_view_offline_in_chromium(chromium, tmp_path):
             assert remote == remote2 == [] and errors == errors2 == [], (remote, errors, errors2)
         finally:
             browser.close()
+
+
+def test_query_maps_are_the_rows_of_the_sampled_queries():
+    """Cell (r, c) shows the attention row of the query at grid position (r, c)."""
+    a = np.arange(36.0 * 36).reshape(36, 36)
+    maps = query_maps(a, (6, 6), grid=3)
+    assert maps.shape == (3, 3, 6, 6)
+    assert np.array_equal(maps[1, 2], a[2 * 6 + 5].reshape(6, 6))  # rows 0, 2, 5 → (2, 5)
+    assert query_maps(a, (6, 6), grid=3, pool=2).shape == (3, 3, 3, 3)
+    with pytest.raises(ValueError, match="H·W"):
+        query_maps(a[:5], (6, 6))

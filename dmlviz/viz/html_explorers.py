@@ -7,6 +7,7 @@ view can show is precomputed in the notebook and embedded in the page.
   that point (e.g. the exact attention row vs its CSALR reconstruction, or an SOA map). A
   small script (``post_script`` of plotly's ``write_html``) swaps the precomputed map of the
   clicked grid cell into each panel.
+  :func:`query_maps` turns an ``(N, N)`` attention into those per-point maps.
 * :func:`choice_explorer` — a drop-down that switches between precomputed maps (prototypes,
   kernels with or without inner attention); pure plotly, no script.
 
@@ -53,6 +54,36 @@ def _image_uint8(image) -> np.ndarray:
     if img.dtype != np.uint8:
         img = np.clip(np.asarray(img, dtype=float) * (255 if img.max() <= 1 else 1), 0, 255)
     return img.astype(np.uint8)
+
+
+def query_maps(attention, size: tuple[int, int], grid: int = 14, pool: int = 1) -> np.ndarray:
+    """Rows of an ``(N, N)`` attention map as per-click-cell maps for :func:`click_explorer`.
+
+    Args:
+        attention: ``(N, N)`` attention over a ``size = (H, W)`` map, ``N = H·W`` (rows are
+            queries).
+        size: ``(H, W)``.
+        grid: click cells per side (queries sampled every ``H // grid`` positions).
+        pool: average-pool each map by this factor (smaller pages).
+
+    Returns:
+        ``(grid, grid, H // pool, W // pool)`` float array: the map of each sampled query.
+    """
+    import torch
+
+    h, w = size
+    a = torch.as_tensor(attention, dtype=torch.float64)
+    if a.shape != (h * w, h * w):
+        raise ValueError(f"attention must be (H·W, H·W) = ({h * w}, {h * w}), got {tuple(a.shape)}")
+    if not 1 <= grid <= min(h, w) or pool < 1:
+        raise ValueError(f"grid must be in 1..{min(h, w)} and pool ≥ 1, got grid={grid}, pool={pool}")
+    rows = torch.linspace(0, h - 1, grid).round().long()
+    cols = torch.linspace(0, w - 1, grid).round().long()
+    q = (rows[:, None] * w + cols[None, :]).reshape(-1)  # (grid², ) query positions
+    maps = a[q].reshape(grid * grid, 1, h, w)
+    if pool > 1:
+        maps = torch.nn.functional.avg_pool2d(maps, pool)
+    return maps.reshape(grid, grid, *maps.shape[2:]).numpy()
 
 
 def click_explorer(image, maps: Mapping[str, np.ndarray], *, start: tuple[int, int] | None = None,
