@@ -83,17 +83,23 @@ class NonFiniteLossError(FloatingPointError, ValueError):
         self.history, self.epoch, self.batch = history, epoch, batch
 
 
+CODE_MODULES = ("dmlviz.train", "dmlviz.data", "dmlviz.losses", "dmlviz.checks")
+
+
 def source_digest(*modules: nn.Module) -> str:
-    """A hash of the source files that define ``modules`` (every submodule's class), of this
-    training loop and of :mod:`dmlviz.data` (the P×K sampler): part of the checkpoint key."""
-    names = {type(m).__module__ for module in modules for m in module.modules()}
-    names = {n for n in names | {__name__, "dmlviz.data"} if n.split(".")[0] == "dmlviz"}
-    sources = {}
-    for name in sorted(names):
+    """A hash of the source that decides what training produces: the files defining
+    ``modules`` (every submodule's class), every attention module (their forward passes call
+    each other), the losses, the input checks, this loop and the P×K sampler. Part of the
+    checkpoint key."""
+    package = Path(__file__).resolve().parent
+    files = {package / "attention" / p.name for p in (package / "attention").glob("*.py")}
+    for name in {type(m).__module__ for module in modules for m in module.modules()} \
+            | set(CODE_MODULES):
         path = getattr(sys.modules.get(name), "__file__", None)
-        if path and Path(path).is_file():
-            sources[name] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    return digest(sources)
+        if name.split(".")[0] == "dmlviz" and path:
+            files.add(Path(path).resolve())
+    return digest({f.relative_to(package).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest()
+                   for f in sorted(files) if f.is_file() and f.is_relative_to(package)})
 
 
 def _check_inputs(inputs, name: str = "inputs") -> Inputs:
