@@ -301,7 +301,9 @@ width = [5, 6]
     proc = subprocess.Popen([sys.executable, "-m", "dmlviz.cli", "sweep", str(spec),
                              "--notebooks", str(tiny), "--workers", "2", "--out", str(out),
                              "--no-progress"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            # a background job inherits SIGINT ignored (POSIX); Ctrl-C needs it
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 150
     while time.monotonic() < deadline:
         try:

@@ -24,7 +24,7 @@ def test_csalr_quick_sweep_writes_every_point_and_the_page(tmp_path):
     assert result.exit_code == 0 and len(s["points"]) == len(
         sweep.load_spec(ROOT / "sweeps" / "csalr-landmarks-groups-quick.toml").tasks())
     metrics = sweep.swept_metrics(s, s["spec"]["metrics"])
-    assert "csalr.recall@1.csalr" in metrics and "csalr.recall@1.csalr_g2" in metrics
+    assert "csalr.recall@1.sa" in metrics and "csalr.recall@1.csalr_g2" in metrics
     page = (result.out_dir / "sweep.html").read_text()
     for m in metrics:
         assert f"<code>{m}</code>" in page
