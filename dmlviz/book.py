@@ -114,18 +114,17 @@ def build_book(run_dir: str | os.PathLike, out: str | os.PathLike | None = None)
     book = _book_summary(summary, [n for n, _ in chapters])
     for i, (name, nb) in enumerate(chapters):
         claims = ledger_html({"notebooks": {name: book["notebooks"][name]}},
-                             title="Claims tested in this chapter")
+                             title="Claims tested in this chapter", card="book-card")
         status = "" if nb.get("status") == "ok" else (
             f'<div class="book-card" style="color:var(--bad)">This chapter did not finish: '
             f'{_e(nb.get("status"))} — {_e((nb.get("error") or {}).get("evalue", ""))}</div>')
-        before = (_sidebar(chapters, name) + _pager(chapters, i) + status
-                  + claims.replace('class="card ledger"', 'class="book-card ledger"'))
+        before = _sidebar(chapters, name) + _pager(chapters, i) + status + claims
         after = _interactive(run_dir, out, name, nb) + _pager(chapters, i)
         export_html(run_dir / nb["executed"], out / f"{name}.html", mathjax,
                     before=before, after=after, css=BOOK_CSS)
     rows = "".join(f'<tr><td><a href="{_e(n)}.html">{_e(nb.get("title") or n)}</a></td>'
                    f'<td class="num">{len(nb.get("claims", []))}</td></tr>' for n, nb in chapters)
-    ledger = ledger_html(book).replace('class="card ledger"', 'class="book-card ledger"')
+    ledger = ledger_html(book, card="book-card")
     cover = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>dmlviz — the '
              f'course</title><style>{BOOK_CSS}</style></head><body class="book-cover">'
              f'{_sidebar(chapters, None)}<main><h1>dmlviz — attention in deep metric learning'

@@ -92,12 +92,13 @@ def _e(x: Any) -> str:
     return html.escape(str(x), quote=True)
 
 
-def ledger_html(summary: dict, title: str = "Claims ledger") -> str:
-    """The ledger as an HTML card (empty string when no claim was evaluated)."""
+def ledger_html(summary: dict, title: str = "Claims ledger", card: str = "card") -> str:
+    """The ledger as an HTML section of class ``card`` (the page's card style) and ``ledger``;
+    an empty string when no claim was evaluated."""
     rows = ledger(summary)
     if not rows:
         return ""
-    parts = [f'<section class="card ledger" id="claims"><h2>{_e(title)}</h2>'
+    parts = [f'<section class="{_e(card)} ledger" id="claims"><h2>{_e(title)}</h2>'
              f'<div class="mut">{len(rows)} claim(s) from the papers: {_e(_counts(rows))}. '
              "Effect = mean paired difference over independent seeds; interval 95 % — about one "
              "in twenty claims without a true effect still shows one by chance.</div>"]

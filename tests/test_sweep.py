@@ -174,9 +174,11 @@ def test_resume_runs_only_the_missing_points(grid_sweep, tiny):
     assert rerun["status"] == "ok" and not rerun["resumed"] and rerun["commit"] == s["commit"]
 
 
-def test_worker_killed_mid_task_is_retried_on_another_worker(tiny, tmp_path):
+def holding_spec(tmp_path, name: str):
+    """A two-point sweep of the tiny notebook whose first execution writes its worker's pid to
+    ``hold`` and then sleeps: ``(hold, spec)``."""
     hold = tmp_path / "hold.pid"
-    spec = write_spec(tmp_path / "kill.toml", f"""notebook = "01_tiny"
+    return hold, write_spec(tmp_path / f"{name}.toml", f"""notebook = "01_tiny"
 seeds = [0]
 device = "cpu"
 [parameters]
@@ -184,6 +186,10 @@ hold = "{hold}"
 [grid]
 width = [5, 6]
 """)
+
+
+def test_worker_killed_mid_task_is_retried_on_another_worker(tiny, tmp_path):
+    hold, spec = holding_spec(tmp_path, "kill")
     killed = {}
 
     def killer():
@@ -288,15 +294,7 @@ def test_ready_sweeps_fit_the_notebooks(path):
 def test_ctrl_c_stops_cleanly_keeping_what_finished(tiny, tmp_path):
     """SIGINT (Ctrl-C) to ``dmlviz sweep`` while one point holds: exit 130, the finished point
     kept in sweep.json and on the page, the other one recorded as cancelled."""
-    hold = tmp_path / "hold.pid"
-    spec = write_spec(tmp_path / "int.toml", f"""notebook = "01_tiny"
-seeds = [0]
-device = "cpu"
-[parameters]
-hold = "{hold}"
-[grid]
-width = [5, 6]
-""")
+    hold, spec = holding_spec(tmp_path, "int")
     out = tmp_path / "sweep"
     proc = subprocess.Popen([sys.executable, "-m", "dmlviz.cli", "sweep", str(spec),
                              "--notebooks", str(tiny), "--workers", "2", "--out", str(out),
