@@ -78,6 +78,9 @@ def test_multi_similarity_edge_batches_equal_pml():
 
 
 def test_multi_similarity_hand_value():
+    """Eq. (6), ℓ_m(X) = 1/m Σ_i (1/γ log(1 + Σ_{k∈P_i} exp(−γ(S_ik − σ))) + 1/β log(1 +
+    Σ_{k∈N_i} exp(β(S_ik ± σ)))) — the negative term in Wang et al.'s form S − σ, the default
+    (the paper prints + σ: ``negative_base``); computed by hand on four points."""
     # two classes of two orthogonal-ish points; compute eq. (MS) by hand
     x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]], dtype=torch.float64)
     y = torch.tensor([0, 0, 1, 1])
@@ -199,6 +202,8 @@ def test_triplet_unknown_mining_names_allowed():
 
 
 def test_hybrid_is_ms_plus_weighted_pa():
+    """Eq. (7): "Our hybrid objective function is a combination of proxy-anchor and MS losses
+    balanced by normalization factor λ: L = ℓ_m + λ ℓ_p" (λ = 0.03, Sec. 4)."""
     x, y, c = batch(3)
     ms, pa = MultiSimilarityLoss(), ProxyAnchorLoss(c, x.shape[1]).double()
     hybrid = HybridLoss(ms, pa, weight=0.03)

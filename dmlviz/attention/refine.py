@@ -686,6 +686,10 @@ def fit_refiner(
 ):
     """Alg. 1: train a :class:`NeighborRefiner` with the MS loss on ``e^T`` (eq. 4).
 
+    Eq. (4) as printed has ``log Σ exp(·)`` with no ``1 +`` inside the logarithms; this uses
+    :class:`dmlviz.losses.MultiSimilarityLoss`, Wang et al.'s form with ``log(1 + Σ exp(·))``
+    (the loss the paper cites), so a batch whose terms all vanish gives 0, not −∞.
+
     The base model is frozen: its training-set embeddings and their kNN contexts (self
     excluded, :func:`build_contexts`) are computed once and packed as the pair of inputs
     ``(e⁰, C)`` that :func:`dmlviz.train.fit` indexes together and passes as
