@@ -81,6 +81,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import dmlviz  # dmlviz.get_device imports torch on first use (PEP 562): the CLI stays light
 from dmlviz import executor, report
 from dmlviz.baseline import baseline_entries, find_regressions, load_baseline
 from dmlviz.export import copy_mathjax, export_html
@@ -387,16 +388,11 @@ class RunResult:
 
 
 def _resolve_device(device: str) -> str:
+    """``"cpu"`` or ``"cuda"``: ``device`` (one of :data:`DEVICES`) resolved by
+    :func:`dmlviz.utils.get_device` (torch is imported here, on first use, not with the CLI)."""
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
-    if device == "cpu":
-        return "cpu"
-    import torch
-
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but CUDA is not available here; "
-                         "use --device cpu or auto")
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return dmlviz.get_device(device).type
 
 
 def _git_commit(root: Path) -> str | None:

@@ -38,7 +38,7 @@ from dmlviz.cache import cache_dir, digest, load_entry, save_entry
 from dmlviz.checks import check_finite, check_int, check_labels
 from dmlviz.data import PKSampler
 from dmlviz.losses import parameter_groups
-from dmlviz.utils import get_device, seed_everything
+from dmlviz.utils import get_device, on_device, seed_everything
 
 
 @dataclass
@@ -140,7 +140,9 @@ def embed(model: nn.Module, inputs: Inputs, batch_size: int = 256,
 
     ``inputs`` is one tensor ``(N, ...)`` or a tuple of tensors indexed together and passed
     as ``model(*batch)``; ``batch_size`` is an integer ≥ 1. Inputs with NaN or ±inf are
-    refused (``ValueError`` counting the samples).
+    refused (``ValueError`` counting the samples). ``model`` and each batch run on
+    ``device``; afterwards the model is back on its own device and in its own train/eval
+    mode (:func:`dmlviz.utils.on_device`, the package's device contract).
     """
     batch_size = check_int(batch_size, "batch_size", 1)
     device = get_device(device)
@@ -149,17 +151,16 @@ def embed(model: nn.Module, inputs: Inputs, batch_size: int = 256,
     n = len(inputs[0]) if isinstance(inputs, tuple) else len(inputs)
     if n == 0:
         raise ValueError("inputs is empty (N = 0); embed needs at least one sample")
-    was_training = model.training
-    model.eval()
-    out = [_forward(model, _take(inputs, slice(i, i + batch_size), device)).float().cpu()
-           for i in range(0, n, batch_size)]
-    model.train(was_training)
+    with on_device(model, device):
+        out = [_forward(model, _take(inputs, slice(i, i + batch_size), device)).float().cpu()
+               for i in range(0, n, batch_size)]
     return torch.cat(out)
 
 
 def evaluate(model: nn.Module, inputs: Inputs, labels: torch.Tensor,
              device: str | torch.device = "auto", **metric_kwargs) -> dict[str, float]:
-    """Retrieval metrics (Recall@K, MAP@R, R-precision, NMI) of ``model`` on ``inputs``."""
+    """Retrieval metrics (Recall@K, MAP@R, R-precision, NMI) of ``model`` on ``inputs``
+    (:func:`embed` on ``device``; the model is left where and as it was)."""
     from dmlviz.metrics import retrieval_metrics
 
     return retrieval_metrics(embed(model, inputs, device=device), labels, **metric_kwargs)
@@ -210,7 +211,9 @@ def fit(
             periodic test metrics, e.g. ``{"nmi": False}`` to skip the k-means per epoch.
 
     Returns:
-        The training history; ``model`` (and ``loss``) hold the trained weights, in eval mode.
+        The training history; ``model`` and ``loss`` hold the trained weights, on the CPU,
+        ``model`` in eval mode — also when the weights come from the cache, and when
+        training stops with an error (the package's device contract).
 
     Raises:
         ValueError: bad arguments (non-integer counts, NaN or ±inf inputs, mismatched
@@ -262,65 +265,70 @@ def fit(
         except OSError as err:
             warnings.warn(f"fit: the checkpoint cache is unusable ({type(err).__name__}: {err}); "
                           "training without it", stacklevel=2)
-    model.to(device)
-    loss.to(device)
-    if path is not None and (entry := load_entry(path)) is not None:
-        history = _restore(entry, model, loss, path)
-        if history is not None:
-            return history
+    try:
+        model.to(device)
+        loss.to(device)
+        if path is not None and (entry := load_entry(path)) is not None:
+            history = _restore(entry, model, loss, path)
+            if history is not None:
+                return history
 
-    seed_everything(seed)
-    groups = parameter_groups(model, loss, lr=lr, proxy_lr=loss_lr or lr)
-    for group in groups:  # no weight decay on proxies
-        group["weight_decay"] = weight_decay if group["name"] == "model" else 0.0
-    optimiser = torch.optim.AdamW(groups)
+        seed_everything(seed)
+        groups = parameter_groups(model, loss, lr=lr, proxy_lr=loss_lr or lr)
+        for group in groups:  # no weight decay on proxies
+            group["weight_decay"] = weight_decay if group["name"] == "model" else 0.0
+        optimiser = torch.optim.AdamW(groups)
 
-    history = History()
-    if test_inputs is not None:
-        history.add_eval(0, evaluate(model, test_inputs, test_labels, device, **metric_kwargs))
-    bar = tqdm(range(1, epochs + 1), desc=f"fit {type(model).__name__}", disable=not progress)
-    for epoch in bar:
-        model.train()
-        total = 0.0
-        for i, batch in enumerate(sampler):
-            emb = _forward(model, _take(inputs, batch, device))
-            where = f"at epoch {epoch}, batch {i}"
-            if torch.is_tensor(emb) and emb.is_floating_point() and not bool(emb.isfinite().all()):
-                rows = int((~emb.isfinite()).reshape(len(emb), -1).any(dim=1).sum())
-                raise NonFiniteLossError(
-                    f"fit stopped {where}: the model's embeddings hold {rows} non-finite "
-                    f"row(s) of {len(emb)} (the weights diverged, or the learning rate "
-                    f"lr={lr} is too high); the history of the {len(history.loss)} completed "
-                    "epoch(s) is in err.history", history, epoch, i)
-            value = loss(emb, labels[batch].to(device))
-            if not math.isfinite(current := value.item()):
-                raise NonFiniteLossError(
-                    f"fit stopped {where}: the loss is {current} (not finite; is the "
-                    f"learning rate lr={lr} too high?); the history of the "
-                    f"{len(history.loss)} completed epoch(s) is in err.history",
-                    history, epoch, i)
-            optimiser.zero_grad(set_to_none=True)
-            value.backward()
-            optimiser.step()
-            total += current
-        history.loss.append(total / len(sampler))
-        shown = {"loss": f"{history.loss[-1]:.3f}"}
-        if test_inputs is not None and (epoch % eval_every == 0 or epoch == epochs):
-            history.add_eval(epoch, evaluate(model, test_inputs, test_labels, device,
-                                             **metric_kwargs))
-            shown["R@1"] = f"{history.metrics['recall@1'][-1]:.3f}"
-        bar.set_postfix(shown)
-    model.eval()
-    if path is not None:
-        try:
-            save_entry(path, {"model": {n: t.cpu() for n, t in model.state_dict().items()},
-                              "loss": {n: t.cpu() for n, t in loss.state_dict().items()},
-                              "history": history.to_dict()})
-        except OSError as err:  # unwritable cache: keep the trained model, say so
-            warnings.warn(f"fit: could not write the checkpoint {str(path)!r} "
-                          f"({type(err).__name__}: {err}); the trained model is returned but "
-                          "not cached", stacklevel=2)
-    return history
+        history = History()
+        if test_inputs is not None:
+            history.add_eval(0, evaluate(model, test_inputs, test_labels, device, **metric_kwargs))
+        bar = tqdm(range(1, epochs + 1), desc=f"fit {type(model).__name__}", disable=not progress)
+        for epoch in bar:
+            model.train()
+            total = 0.0
+            for i, batch in enumerate(sampler):
+                emb = _forward(model, _take(inputs, batch, device))
+                where = f"at epoch {epoch}, batch {i}"
+                if (torch.is_tensor(emb) and emb.is_floating_point()
+                        and not bool(emb.isfinite().all())):
+                    rows = int((~emb.isfinite()).reshape(len(emb), -1).any(dim=1).sum())
+                    raise NonFiniteLossError(
+                        f"fit stopped {where}: the model's embeddings hold {rows} non-finite "
+                        f"row(s) of {len(emb)} (the weights diverged, or the learning rate "
+                        f"lr={lr} is too high); the history of the {len(history.loss)} completed "
+                        "epoch(s) is in err.history", history, epoch, i)
+                value = loss(emb, labels[batch].to(device))
+                if not math.isfinite(current := value.item()):
+                    raise NonFiniteLossError(
+                        f"fit stopped {where}: the loss is {current} (not finite; is the "
+                        f"learning rate lr={lr} too high?); the history of the "
+                        f"{len(history.loss)} completed epoch(s) is in err.history",
+                        history, epoch, i)
+                optimiser.zero_grad(set_to_none=True)
+                value.backward()
+                optimiser.step()
+                total += current
+            history.loss.append(total / len(sampler))
+            shown = {"loss": f"{history.loss[-1]:.3f}"}
+            if test_inputs is not None and (epoch % eval_every == 0 or epoch == epochs):
+                history.add_eval(epoch, evaluate(model, test_inputs, test_labels, device,
+                                                 **metric_kwargs))
+                shown["R@1"] = f"{history.metrics['recall@1'][-1]:.3f}"
+            bar.set_postfix(shown)
+        model.eval()
+        if path is not None:
+            try:
+                save_entry(path, {"model": {n: t.cpu() for n, t in model.state_dict().items()},
+                                  "loss": {n: t.cpu() for n, t in loss.state_dict().items()},
+                                  "history": history.to_dict()})
+            except OSError as err:  # unwritable cache: keep the trained model, say so
+                warnings.warn(f"fit: could not write the checkpoint {str(path)!r} "
+                              f"({type(err).__name__}: {err}); the trained model is returned but "
+                              "not cached", stacklevel=2)
+        return history
+    finally:  # the device contract: the trained model is returned on the CPU, in eval mode
+        model.cpu().eval()
+        loss.cpu()
 
 
 def _state_mismatch(saved, module: nn.Module) -> str | None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -74,3 +76,38 @@ def get_device(device: str | torch.device = "auto") -> torch.device:
         raise ValueError(f"device={device!r} was asked for but CUDA is not available here; "
                          "use device='cpu' or 'auto'")
     return torch.device(device)
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """Where ``module`` lives: the device of its first parameter or buffer (CPU when it has
+    neither)."""
+    tensors = (*module.parameters(), *module.buffers())
+    return tensors[0].device if tensors else torch.device("cpu")
+
+
+@contextlib.contextmanager
+def on_device(module: torch.nn.Module,
+              device: str | torch.device = "auto") -> Iterator[torch.nn.Module]:
+    """Use ``module`` on ``device`` in eval mode inside a ``with`` block, then put it back.
+
+    The package's device contract (:mod:`dmlviz`) for functions that only *use* a model:
+    on leaving the block — also by an exception — the module returns to the device it was
+    on (:func:`module_device`) and every submodule to the train/eval mode it had.
+
+    Args:
+        module: any ``nn.Module``.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or a ``torch.device`` (:func:`get_device`).
+
+    Yields:
+        ``module``, on ``device`` and in eval mode.
+    """
+    device = get_device(device)
+    home = module_device(module)
+    modes = [(m, m.training) for m in module.modules()]
+    module.to(device).eval()
+    try:
+        yield module
+    finally:
+        module.to(home)
+        for m, training in modes:
+            m.training = training
