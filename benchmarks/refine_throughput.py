@@ -9,8 +9,8 @@ Measured in one run, on one device, with the thread count set and printed:
   pair is projected to its key and value again in every block;
 * ``shared``     the same formula with each gallery row projected once per block and the
   projected rows gathered (:meth:`NeighborRefiner.refine_gallery`, what
-  :func:`~dmlviz.attention.refine.refine_embeddings` runs);
-* ``alg2``       :func:`~dmlviz.attention.refine.refine_embeddings` end to end (kNN + refine)
+  :func:`~dmlviz.neighbours.refine_embeddings` runs);
+* ``alg2``       :func:`~dmlviz.neighbours.refine_embeddings` end to end (kNN + refine)
   on the whole gallery (by default on CUDA only; ``--alg2`` forces it).
 
 Both refine rows refine the same ``--refine-rows`` gallery rows (default: 16,384 on a CPU, the
@@ -31,8 +31,9 @@ import time
 
 import torch
 
-from dmlviz.attention.refine import NeighborRefiner, refine_embeddings
+from dmlviz.attention.refine import NeighborRefiner
 from dmlviz.metrics import knn
+from dmlviz.neighbours import refine_embeddings
 from dmlviz.utils import get_device
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -37,45 +37,64 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from dmlviz.checks import check_int, check_labels
+from dmlviz.cost import module_cost
+from dmlviz.data import ImageFolder, class_disjoint_split, load_digits, make_shapes
+from dmlviz.features import local_global_maps
+from dmlviz.heads import HEADS, build_head, head_inputs, train_head, train_refiner
+from dmlviz.metrics import embedding_space_density, retrieval_metrics, spectral_decay
+from dmlviz.neighbours import refine_embeddings
+from dmlviz.train import embed
 
-__all__ = ["MEAN_STD_METRICS", "METHODS", "Benchmark", "Method", "build_method", "comparison_table",
-           "embed_maps", "embedding_metrics", "load_benchmark", "method_costs", "refine_on_top",
-           "run_benchmark", "summarise", "train_method", "validation_split"]
+__all__ = ["MEAN_STD_METRICS", "METHODS", "Benchmark", "Method", "comparison_table",
+           "embedding_metrics", "load_benchmark", "method_costs", "method_options",
+           "refine_on_top", "run_benchmark", "summarise", "validation_split"]
 
 
 @dataclass(frozen=True)
 class Method:
-    """One row of the comparison.
+    """One row of the comparison: a head of :data:`dmlviz.heads.HEADS` and its options here.
 
     Attributes:
         label: the name shown in tables and figures.
-        paper: where the method comes from (and the notebook that teaches it).
-        objective: the training objective, in words.
-        two_maps: the head takes ``(local, global)`` maps instead of the local map alone.
+        head: the key of :data:`dmlviz.heads.HEADS` that is trained.
+        options: the head's options in this comparison (module docstring).
     """
 
     label: str
-    paper: str
-    objective: str = "MS"
-    two_maps: bool = False
+    head: str
+    options: Mapping = field(default_factory=dict)
+
+    @property
+    def paper(self) -> str:
+        """Where the method comes from (and the notebook that teaches it)."""
+        return HEADS[self.head].paper
+
+    @property
+    def objective(self) -> str:
+        """The training objective, in words."""
+        return HEADS[self.head].objective
+
+    @property
+    def two_maps(self) -> bool:
+        """The head takes ``(local, global)`` maps instead of the local map alone."""
+        return HEADS[self.head].inputs == "maps"
 
 
 METHODS: dict[str, Method] = {
-    "baseline": Method("baseline (GAP + linear)", "notebook 00"),
-    "sa": Method("+ self-attention", "CSALR paper's SA baseline, notebook 02",
-                 "MS + deep supervision (eq. 18)"),
-    "csalr": Method("+ CSALR", "Chen et al. IJCAI-20, notebook 02",
-                    "MS + deep supervision (eq. 18)"),
-    "soa": Method("global/local + SOA, hybrid loss", "Ebrahimpour et al. WACV-22, notebook 03",
-                  "MS + 0.03 Proxy-Anchor (eq. 7)", two_maps=True),
-    "crt": Method("+ CRT", "Kan et al. NeurIPS-22, notebook 04", "MS + prototype diversity (eq. 3)"),
-    "aia": Method("+ AiA (Gaussian)", "Fang et al. TPAMI, notebook 05"),
+    "baseline": Method("baseline (GAP + linear)", "baseline"),
+    "sa": Method("+ self-attention", "sa"),
+    "csalr": Method("+ CSALR", "csalr"),  # landmarks: H/2 × W/2 of the map (method_options)
+    "soa": Method("global/local + SOA, hybrid loss", "soa",
+                  {"zeta": 0.01}),  # notebook 03, section 1: ζ = 1 saturates on these maps
+    "crt": Method("+ CRT", "crt", {"num_prototypes": 16}),
+    "aia": Method("+ AiA (Gaussian)", "gau", {"sigma": 1.0}),
 }
 
 MEAN_STD_METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision",
@@ -133,11 +152,6 @@ def load_benchmark(dataset: str, backbone: nn.Module, *, per_class: int | None =
         input_size: images are resized (whole image, no crop) to this side.
         device, progress: of the feature extraction.
     """
-    from pathlib import Path
-
-    from dmlviz.attention.second_order import local_global_maps
-    from dmlviz.data import ImageFolder, class_disjoint_split, load_digits, make_shapes
-
     if dataset == "shapes":
         data = make_shapes(num_classes=48, per_class=per_class or 40, size=64, seed=seed)
     elif dataset == "digits":
@@ -165,97 +179,20 @@ def _check_method(name: str) -> Method:
     return METHODS[name]
 
 
-def build_method(name: str, local_channels: int, global_channels: int, embedding_dim: int,
-                 num_classes: int, *, grid: tuple[int, int] = (8, 8),
-                 options: Mapping[str, Mapping] | None = None) -> tuple[nn.Module, nn.Module]:
-    """The head and the loss of method ``name``, freshly initialised (seed before calling).
-
-    Args:
-        name: a key of :data:`METHODS`.
-        local_channels: channels of the stride-16 map (112 for EfficientNet-Lite0).
-        global_channels: channels of the stride-32 map (320), used by ``soa`` only.
-        embedding_dim: ``D``.
-        num_classes: training classes (Proxy-Anchor proxies of the hybrid loss).
-        grid: ``(H, W)`` of the local map; CSALR takes ``H/2 × W/2`` landmarks from it.
-        options: per-method keyword overrides, e.g. ``{"soa": {"zeta": 0.01}}``.
-
-    Returns:
-        ``(head, loss)``: the head maps the local map ``(B, C, H, W)`` — or the pair
-        ``(local, global)`` for ``soa`` — to unit embeddings ``(B, D)``.
-    """
-    from dmlviz.attention import aia, crt, csalr
-    from dmlviz.attention.second_order import GlobalLocalEmbedder, make_loss
-    from dmlviz.losses import MultiSimilarityLoss
-
-    _check_method(name)
-    check_int(embedding_dim, "embedding_dim", 2)
-    num_classes = check_int(num_classes, "num_classes", 2)
-    opts = dict((options or {}).get(name, {}))
-    c = check_int(local_channels, "local_channels", 1)
-    if name in ("sa", "csalr"):
-        if name == "csalr":
-            opts.setdefault("landmarks", (max(1, grid[0] // 2), max(1, grid[1] // 2)))
-        head = csalr.AttentionEmbedder(c, embedding_dim, name, num_classes=num_classes, **opts)
-        return head, csalr.DeepSupervisedLoss(MultiSimilarityLoss(), 1.0)  # eq. (18)
-    if name == "soa":
-        opts.setdefault("zeta", 0.01)  # notebook 03, section 1: ζ = 1 saturates on these maps
-        head = GlobalLocalEmbedder(c, check_int(global_channels, "global_channels", 1),
-                                   embedding_dim, **opts)
-        return head, make_loss("hybrid", num_classes, embedding_dim)  # eq. (7)
-    if name == "crt":
-        opts.setdefault("num_prototypes", 16)
-        head = crt.CodedResidualTransform(c, embedding_dim=embedding_dim, **opts)
-        return head, crt.CRTObjective(head, MultiSimilarityLoss())  # L_DIV + L_MS
-    attention = None if name == "baseline" else aia.KernelAttention(c, "gaussian", **opts)
-    return aia.AttentionEmbedder(c, embedding_dim, attention), MultiSimilarityLoss()
+def method_options(name: str, grid: tuple[int, int] = (8, 8),
+                   options: Mapping[str, Mapping] | None = None) -> dict:
+    """The head options of method ``name`` here: its :attr:`Method.options`, CSALR's
+    ``H/2 × W/2`` landmarks of a ``grid = (H, W)`` map, then the user's
+    ``options[name]`` (e.g. ``{"soa": {"zeta": 0.1}}``) on top."""
+    method = _check_method(name)
+    out = dict(method.options)
+    if method.head == "csalr":
+        out["landmarks"] = (max(1, grid[0] // 2), max(1, grid[1] // 2))
+    return out | dict((options or {}).get(name, {}))
 
 
-def _inputs(name: str, maps: tuple[torch.Tensor, torch.Tensor]):
-    return tuple(maps) if METHODS[name].two_maps else maps[0]
-
-
-def train_method(name: str, train_maps: tuple[torch.Tensor, torch.Tensor],
-                 train_labels: torch.Tensor, *, embedding_dim: int = 64, seed: int = 0,
-                 epochs: int = 10, p: int = 8, k: int = 4, lr: float = 1e-3,
-                 proxy_lr: float = 1e-1, device: str | torch.device = "auto",
-                 options: Mapping[str, Mapping] | None = None, progress: bool = False):
-    """Build method ``name`` from ``seed`` and train it (:func:`dmlviz.train.fit`).
-
-    Args:
-        name: a key of :data:`METHODS`.
-        train_maps: ``(local (N, C, H, W), global (N, C', H', W'))`` frozen backbone maps.
-        train_labels: ``(N,)`` class ids in ``[0, num_classes)``.
-        embedding_dim, seed, epochs, p, k, lr, device, progress: as for :func:`dmlviz.train.fit`
-            (identical for every method: one training budget).
-        proxy_lr: learning rate of Proxy-Anchor proxies (``soa`` only).
-        options: per-method keyword overrides for :func:`build_method`.
-
-    Returns:
-        ``(head, history)``: the trained head (eval mode) and its :class:`dmlviz.train.History`.
-    """
-    from dmlviz.train import fit
-    from dmlviz.utils import seed_everything
-
-    _check_method(name)
-    train_labels = check_labels(train_labels, "train_labels")
-    local, glob = _check_maps(train_maps, "train_maps")
-    seed_everything(seed)
-    head, loss = build_method(name, local.shape[1], glob.shape[1], embedding_dim,
-                              int(train_labels.max()) + 1, grid=tuple(local.shape[2:]),
-                              options=options)
-    history = fit(head, loss, _inputs(name, (local, glob)), train_labels, epochs=epochs, p=p,
-                  k=k, lr=lr, loss_lr=proxy_lr, eval_every=epochs, seed=seed, device=device,
-                  progress=progress)
-    return head.eval(), history
-
-
-def embed_maps(name: str, head: nn.Module, maps: tuple[torch.Tensor, torch.Tensor],
-               device: str | torch.device = "auto") -> torch.Tensor:
-    """Embeddings ``(N, D)`` of ``maps`` by a trained head of method ``name`` (CPU)."""
-    from dmlviz.train import embed
-
-    _check_method(name)
-    return embed(head, _inputs(name, _check_maps(maps, "maps")), device=device)
+def _embed(name: str, head: nn.Module, maps, device) -> torch.Tensor:
+    return embed(head, head_inputs(METHODS[name].head, _check_maps(maps, "maps")), device=device)
 
 
 def _check_maps(maps, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -272,11 +209,9 @@ def refine_on_top(train_embeddings: torch.Tensor, train_labels: torch.Tensor,
                   epochs: int = 10, seed: int = 0, device: str | torch.device = "auto"):
     """Neighbour refinement (notebook 06) trained on one head's frozen training embeddings
     and applied to its test gallery: returns ``(refined test embeddings (M, D), refiner)``."""
-    from dmlviz.attention.refine import fit_refiner, refine_embeddings
-
     p = min(8, len(torch.as_tensor(train_labels).unique()))
-    refiner, _ = fit_refiner(train_embeddings, train_labels, k=k, num_blocks=num_blocks,
-                             epochs=epochs, p=p, seed=seed, device=device, progress=False)
+    refiner, _ = train_refiner(train_embeddings, train_labels, k=k, num_blocks=num_blocks,
+                               epochs=epochs, p=p, seed=seed, device=device, progress=False)
     return refine_embeddings(refiner, test_embeddings, k, device=device), refiner
 
 
@@ -289,19 +224,20 @@ def method_costs(names: Sequence[str], local_shape: tuple[int, int, int],
     Args:
         names: keys of :data:`METHODS`.
         local_shape, global_shape: ``(C, H, W)`` of one image's maps.
-        embedding_dim, num_classes, options: as for :func:`build_method`.
+        embedding_dim, num_classes: as for :func:`dmlviz.heads.build_head`.
+        options: per-method overrides, as for :func:`method_options`.
         batch_size, repeats, device: as for :func:`dmlviz.cost.module_cost`.
 
     Returns:
         ``{name: ModuleCost}``.
     """
-    from dmlviz.cost import module_cost
-
     out = {}
     for name in names:
-        head, _ = build_method(name, local_shape[0], global_shape[0], embedding_dim, num_classes,
-                               grid=tuple(local_shape[1:]), options=options)
-        shape = (tuple(local_shape), tuple(global_shape)) if METHODS[name].two_maps \
+        method = _check_method(name)
+        channels = (local_shape[0], global_shape[0]) if method.two_maps else local_shape[0]
+        head, _ = build_head(method.head, channels, embedding_dim, num_classes,
+                             **method_options(name, tuple(local_shape[1:]), options))
+        shape = (tuple(local_shape), tuple(global_shape)) if method.two_maps \
             else tuple(local_shape)
         out[name] = module_cost(head, shape, batch_size=batch_size, repeats=repeats,
                                 device=device)
@@ -313,8 +249,6 @@ def embedding_metrics(embeddings: torch.Tensor, labels: torch.Tensor, *,
     """Every column of the comparison table for one gallery: Recall@1/2/4/8, MAP@R,
     R-precision, NMI (:func:`dmlviz.metrics.retrieval_metrics`), embedding-space density and
     spectral decay (:mod:`dmlviz.metrics`; the CRT paper's generalisation measures)."""
-    from dmlviz.metrics import embedding_space_density, retrieval_metrics, spectral_decay
-
     out = retrieval_metrics(embeddings, labels, seed=seed)
     out["density"] = float(embedding_space_density(embeddings, labels))
     out["spectral_decay"] = float(spectral_decay(embeddings, drop_largest=False))  # all values (@1)
@@ -376,8 +310,6 @@ def validation_split(bench: Benchmark, fraction: float = 0.25) -> tuple[Benchmar
         ``0 … C'−1``) and keeps the unseen test classes; ``validation`` has the held-out
         training classes as its test side. The test classes are never used to choose.
     """
-    from dmlviz.data import class_disjoint_split
-
     n = len(bench.train_labels.unique())
     if not 0 < fraction < 1 or n < 4:
         raise ValueError(f"validation_split needs 0 < fraction < 1 and at least 4 training "
@@ -410,10 +342,6 @@ def run_benchmark(bench: Benchmark, methods: Sequence[str], seeds: Sequence[int]
         ``{method: [(train embeddings, test embeddings) per seed]}`` (CPU tensors; training
         embeddings of the classes the heads trained on).
     """
-    from tqdm.auto import tqdm
-
-    from dmlviz.metrics import retrieval_metrics
-
     for name in methods:
         _check_method(name)
     if not seeds:
@@ -426,14 +354,17 @@ def run_benchmark(bench: Benchmark, methods: Sequence[str], seeds: Sequence[int]
     jobs = [(name, s) for s in seeds for name in methods]
     p = min(8, len(bench.train_labels.unique()))
     for name, s in tqdm(jobs, desc=f"{bench.name}: methods × seeds", disable=not progress):
-        head, _ = train_method(name, bench.train_maps, bench.train_labels,
-                               embedding_dim=embedding_dim, seed=s, epochs=epochs, p=p,
-                               device=device, options=options)
-        train_emb = embed_maps(name, head, bench.train_maps, device=device)
-        test_emb = embed_maps(name, head, bench.test_maps, device=device)
+        method = METHODS[name]
+        grid = tuple(bench.train_maps[0].shape[2:])
+        head, _ = train_head(method.head, head_inputs(method.head, bench.train_maps),
+                             bench.train_labels, embedding_dim=embedding_dim, seed=s,
+                             epochs=epochs, p=p, k=4, lr=1e-3, loss_lr=1e-1, eval_every=epochs,
+                             device=device, **method_options(name, grid, options))
+        train_emb = _embed(name, head, bench.train_maps, device)
+        test_emb = _embed(name, head, bench.test_maps, device)
         metrics = embedding_metrics(test_emb, bench.test_labels, seed=s)
         if val is not None:
-            val_emb = embed_maps(name, head, val.test_maps, device=device)
+            val_emb = _embed(name, head, val.test_maps, device)
             metrics["val_recall@1"] = retrieval_metrics(val_emb, val.test_labels, ks=(1,),
                                                         nmi=False)["recall@1"]
         per_seed[name].append(metrics)

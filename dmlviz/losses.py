@@ -43,7 +43,12 @@ S_ik = x̂_i·x̂_k, P_i = {k ≠ i : y_k = y_i}, N_i = {k : y_k ≠ y_i}.
       L = L_MS + λ L_PA,   λ = 0.03                                            (7)
 
   The paper trains the proxies with a learning rate of 1e-2 against 1e-4 for the network;
-  :func:`parameter_groups` builds those optimiser groups.
+  :func:`parameter_groups` builds those optimiser groups. :func:`make_loss` builds the
+  paper's three losses (MS, PA, hybrid) by name with its symbols (Figs. 1, 7).
+
+* Deep supervision — Chen et al. (CSALR), eq. (18): ``L_sum = L_F + λ Σ_i CE(logits_i, y)``
+  (:class:`DeepSupervisedLoss`, fed a :class:`SupervisedEmbedding` by
+  :class:`dmlviz.heads.PooledEmbedder` in training mode).
 
 Bad input is refused with a ``ValueError``: embeddings with NaN or ±inf rows (the message
 counts them), and for the multi-similarity and triplet losses a batch of a single class
@@ -54,6 +59,7 @@ negatives are the other classes' proxies.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -62,10 +68,15 @@ from torch import nn
 from dmlviz.checks import check_embeddings
 
 __all__ = [
+    "DeepSupervisedLoss",
+    "EQ6_READINGS",
     "HybridLoss",
+    "LOSSES",
     "MultiSimilarityLoss",
     "ProxyAnchorLoss",
+    "SupervisedEmbedding",
     "TripletLoss",
+    "make_loss",
     "parameter_groups",
 ]
 
@@ -318,3 +329,99 @@ def parameter_groups(model: nn.Module, loss: nn.Module, lr: float = 1e-4,
     if not groups:
         raise ValueError("model and loss have no trainable parameters")
     return groups
+
+
+# ----------------------------------------------------------------------------- deep supervision (CSALR, eq. 18)
+
+class SupervisedEmbedding(NamedTuple):
+    """What :class:`dmlviz.heads.PooledEmbedder` returns in training mode with deep supervision.
+
+    Attributes:
+        embeddings: ``(B, D)``.
+        logits: ``(B, num_classes)`` of the deep-supervision head, or a tuple of such
+            tensors, one per deep-supervision branch (one per attention module).
+    """
+
+    embeddings: torch.Tensor
+    logits: torch.Tensor
+
+
+
+class DeepSupervisedLoss(nn.Module):
+    """``L_sum = L_F + λ Σ_i CE(logits_i, labels)`` (eq. 18), one term per branch.
+
+    Called as ``loss(output, labels)`` where ``output`` is a :class:`SupervisedEmbedding`
+    (training with deep supervision) or plain ``(B, D)`` embeddings (then only the metric
+    loss), so it plugs into :func:`dmlviz.train.fit`.
+
+    Args:
+        metric: the metric loss, ``metric(embeddings, labels)``.
+        weight: λ ≥ 0.
+    """
+
+    def __init__(self, metric: nn.Module, weight: float = 1.0) -> None:
+        super().__init__()
+        if not isinstance(metric, nn.Module):
+            raise ValueError(f"metric must be an nn.Module loss, got {type(metric).__name__}")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+            raise ValueError(f"weight (λ) must be a number >= 0, got {weight!r}")
+        self.metric, self.weight = metric, float(weight)
+
+    def forward(self, output, labels: torch.Tensor) -> torch.Tensor:
+        if isinstance(output, SupervisedEmbedding):
+            branches = output.logits if isinstance(output.logits, (tuple, list)) else (output.logits,)
+            ds = sum(F.cross_entropy(logits, labels) for logits in branches)  # Σ_i L_DS_i
+            return self.metric(output.embeddings, labels) + self.weight * ds  # eq. (18)
+        return self.metric(output, labels)
+
+    def extra_repr(self) -> str:
+        return f"weight={self.weight}"
+
+
+
+# ----------------------------------------------------------------------------- the SOA paper's three losses by name
+
+LOSSES = ("ms", "proxy_anchor", "hybrid")
+
+
+
+EQ6_READINGS = ("standard", "literal")
+
+
+
+def make_loss(name: str, num_classes: int, embedding_dim: int, weight: float = 0.03, *,
+              gamma: float = 2.0, beta: float = 50.0, sigma: float = 0.5,
+              eq6: str = "standard", alpha: float = 32.0, delta: float = 0.1) -> nn.Module:
+    """The three losses the paper compares (Figs. 1, 7), by name, with the paper's symbols.
+
+    Args:
+        name: ``"ms"`` (multi-similarity, eq. 6), ``"proxy_anchor"`` (eq. 5) or ``"hybrid"``
+            (eq. 7, ``L_MS + λ L_PA``).
+        num_classes: training classes ``C`` (one proxy each).
+        embedding_dim: ``D``.
+        weight: λ of the hybrid loss (paper: 0.03).
+        gamma, beta: γ and β of eq. (6) (paper: 2, 50).
+        sigma: σ of eq. (6), the MS ``base`` (paper: 1; default 0.5, Wang et al.'s and PML's
+            default — notebook 03 shows both).
+        eq6: ``"standard"``: ``e^{β(S_ik − σ)}`` in the negative term, as in Wang et al.;
+            ``"literal"``: ``e^{β(S_ik + σ)}``, as eq. (6) is printed.
+        alpha, delta: α and δ of eq. (5) (paper: 32, 0.1).
+    """
+    if name not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {name!r}")
+    if eq6 not in EQ6_READINGS:
+        raise ValueError(f"eq6 must be one of {EQ6_READINGS}, got {eq6!r}")
+
+    def ms() -> nn.Module:
+        return MultiSimilarityLoss(gamma, beta, sigma,
+                                   negative_base=-sigma if eq6 == "literal" else None)  # eq. (6)
+
+    def pa() -> nn.Module:
+        return ProxyAnchorLoss(num_classes, embedding_dim, margin=delta, alpha=alpha)  # eq. (5)
+
+    if name == "ms":
+        return ms()
+    if name == "proxy_anchor":
+        return pa()
+    return HybridLoss(ms(), pa(), weight=weight)  # eq. (7)
+

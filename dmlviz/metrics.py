@@ -62,6 +62,7 @@ from dmlviz.checks import as_tensor, check_embeddings, check_int
 __all__ = [
     "compare_spectral_decay",
     "embedding_space_density",
+    "epochs_to_converge",
     "knn",
     "retrieval_metrics",
     "spectral_decay",
@@ -407,3 +408,35 @@ def recall_hits(embeddings: torch.Tensor, labels: torch.Tensor, k: int = 1, *,
     _, idx = knn(embeddings, None, k=k, exclude_self=True, chunk_size=chunk_size)  # (N, K)
     hits = (labels[idx] == labels[:, None]).any(dim=1)[valid]  # (Q,)
     return hits.double().cpu()
+
+
+def epochs_to_converge(history, fraction: float = 0.9, metric: str = "recall@1") -> float:
+    """Epochs a run needs to make ``fraction`` of its gain in ``metric`` (Figs. 1, 7).
+
+    With ``m_t`` the metric after epoch ``t`` (``t = 0`` before training) and ``m* = max_t
+    m_t``, the first ``t`` with ``m_t − m_0 ≥ fraction · (m* − m_0)``, linearly interpolated
+    between evaluations (0 when training gains nothing).
+
+    Args:
+        history: a :class:`dmlviz.train.History` with ``eval_epochs`` starting at 0.
+        fraction: in (0, 1].
+        metric: the metric's name in ``history.metrics``.
+
+    Returns:
+        The epoch, a float.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    if metric not in history.metrics or not history.eval_epochs or history.eval_epochs[0] != 0:
+        raise ValueError(f"history must hold {metric!r} measured from epoch 0, got metrics "
+                         f"{sorted(history.metrics)} at epochs {history.eval_epochs[:3]}…")
+    t = [float(e) for e in history.eval_epochs]
+    m = [float(x) for x in history.metrics[metric]]
+    target = m[0] + fraction * (max(m) - m[0])
+    if max(m) <= m[0]:
+        return 0.0
+    for i in range(1, len(m)):
+        if m[i] >= target:
+            return t[i - 1] + (target - m[i - 1]) / (m[i] - m[i - 1]) * (t[i] - t[i - 1])
+    return t[-1]  # not reached (cannot happen: the maximum reaches it)
+

@@ -12,18 +12,15 @@ from torch import nn
 from dmlviz.attention.aia import (
     ABLATIONS,
     PAPER_COSTS,
-    VARIANTS,
-    AttentionEmbedder,
+    AiAMaps,
     KernelAttention,
     RandomFourierFeatures,
     SEBlock,
     aia_from_se,
-    fit_attention_head,
     gaussian_kernel,
     kernel_feature_dim,
     make_attention,
     median_distance,
-    object_share,
     rff_kernel_error,
     sop_features,
     table8_blocks,
@@ -217,18 +214,19 @@ def test_median_sigma_is_set_on_the_reduced_features_of_the_first_training_batch
 def test_zero_shares_and_the_half_mask():
     """With ReLU after ϖ and ϕ (Sec. 4.4) x̂ = ϖ(m) ⊗ ϕ(x̃) is 0 where either factor is 0,
     and there z = Sigmoid(0) = 0.5 exactly."""
-    maps = {"z": torch.tensor([0.5, 0.7, 0.5, 0.9]), "outer": torch.tensor([0.0, 1.0, 2.0, 0.0]),
-            "inner": torch.tensor([[0.0, 3.0]])}
+    unused = torch.zeros(1)  # x̃ and x̄: not read by zero_shares
+    maps = AiAMaps(z=torch.tensor([0.5, 0.7, 0.5, 0.9]), inner=torch.tensor([[0.0, 3.0]]),
+                   outer=torch.tensor([0.0, 1.0, 2.0, 0.0]), features=unused, reduced=unused)
     assert zero_shares(maps) == {"inner_zero": 0.5, "outer_zero": 0.5, "z_half": 0.5}
-    assert math.isnan(zero_shares({**maps, "inner": None})["inner_zero"])
+    assert math.isnan(zero_shares(maps._replace(inner=None))["inner_zero"])
     torch.manual_seed(7)
     block = KernelAttention(16, "linear", reduction=4).eval()
     _, m = block(torch.randn(4, 16, 5, 5), return_maps=True)
-    product_zero = (m["inner"][:, :, None, None] * m["outer"]) == 0
-    assert torch.equal(product_zero, m["z"] == 0.5)
+    product_zero = (m.inner[:, :, None, None] * m.outer) == 0
+    assert torch.equal(product_zero, m.z == 0.5)
     assert zero_shares(m)["z_half"] == float(product_zero.double().mean()) > 0.25
-    with pytest.raises(ValueError, match="maps must be the dict"):
-        zero_shares({"z": m["z"]})
+    with pytest.raises(ValueError, match="maps must be the AiAMaps"):
+        zero_shares({"z": m.z})
 
 
 def test_without_final_relu_the_mask_can_go_below_half():
@@ -237,7 +235,7 @@ def test_without_final_relu_the_mask_can_go_below_half():
     assert not block.final_relu and not any(isinstance(layer, nn.ReLU) for layer in block.outer)
     assert not any(isinstance(layer, nn.ReLU) for layer in block.inner)
     _, m = block(torch.randn(4, 16, 5, 5), return_maps=True)
-    assert (m["z"] < 0.5).any() and (m["z"] > 0.5).any()
+    assert (m.z < 0.5).any() and (m.z > 0.5).any()
     assert set(ABLATIONS) == {"lin_no_relu", "sop_no_relu", "gau_no_relu"}
 
 
@@ -257,13 +255,14 @@ def test_block_shapes_and_mask_range(kind, inner):
     y, maps = block(x, return_maps=True)
     c_prime = kernel_feature_dim(kind, 4, 10)
     assert c_prime == {"linear": 4, "sop": 10, "gaussian": 20}[kind]
-    assert y.shape == x.shape and maps["z"].shape == x.shape
-    assert maps["features"].shape == (3, c_prime, 5, 6)
+    assert y.shape == x.shape and maps.z.shape == x.shape
+    assert maps.features.shape == (3, c_prime, 5, 6)
+    assert maps.reduced.shape == (3, 4, 5, 6) and maps.outer.shape == x.shape
     if inner:
-        assert maps["inner"].shape == (3, 16) and (maps["inner"] >= 0).all()
+        assert maps.inner.shape == (3, 16) and (maps.inner >= 0).all()
     else:
-        assert maps["inner"] is None and block.inner is None
-    z = maps["z"]
+        assert maps.inner is None and block.inner is None
+    z = maps.z
     # sigmoid of a product of two ReLU outputs: z ∈ [0.5, 1)
     assert (z >= 0.5).all() and (z < 1).all()
     torch.testing.assert_close(y, z * x)  # x^z = z ⊗ x, eq. (4)
@@ -292,7 +291,7 @@ def test_se_is_a_special_case_of_aia():
     y_se, maps_se = se(x, return_maps=True)
     y_aia, maps_aia = aia(x, return_maps=True)
     torch.testing.assert_close(y_aia, y_se)
-    torch.testing.assert_close(maps_aia["z"], maps_se["z"][:, :, None, None].expand_as(x))
+    torch.testing.assert_close(maps_aia.z, maps_se.z[:, :, None, None].expand_as(x))
     assert (y_aia - y_se).abs().max() < 1e-6
 
 
@@ -318,20 +317,6 @@ def test_with_rff_changes_sigma_and_dim_without_retraining():
     assert small.features.rff.phase.shape == (5,) and small(x).shape == x.shape
 
 
-def test_variants_and_embedder():
-    torch.manual_seed(4)
-    x = torch.randn(4, 16, 4, 4)
-    for name in VARIANTS:
-        att = make_attention(name, 16, reduction=4, rff_dim=8, se_reduction=4)
-        assert (att is None) == (name == "baseline")
-        emb = AttentionEmbedder(16, 8, att)
-        e = emb(x)
-        assert e.shape == (4, 8)
-        torch.testing.assert_close(e.norm(dim=1), torch.ones(4))
-    with pytest.raises(ValueError, match="name must be one of"):
-        make_attention("gauss", 16)
-
-
 def test_costs_count_every_conv():
     # parameters: φ (C·c + c conv, 2c BN), ψ and ϖ (c'·C + C conv, 2C BN each)
     C, r = 16, 4
@@ -351,29 +336,6 @@ def test_costs_count_every_conv():
     # the Gaussian frequencies are a buffer, not parameters
     g = KernelAttention(C, "gaussian", inner=False, reduction=r, rff_dim=6)
     assert count_parameters(g) == (C * c + 3 * c) + (12 * C + 3 * C)
-
-
-def test_object_share():
-    energy = torch.tensor([[1.0, 3.0, 0.0, 0.0]])
-    fraction = torch.tensor([[1.0, 0.5, 0.0, 1.0]])
-    torch.testing.assert_close(object_share(energy, fraction), torch.tensor([2.5 / 4], dtype=torch.float64))
-    with pytest.raises(ValueError, match="non-negative"):
-        object_share(-energy, fraction)
-    with pytest.raises(ValueError, match="fraction must be"):
-        object_share(energy, fraction[:, :3])
-
-
-def test_fit_attention_head_builds_the_variant_and_trains_it():
-    g = torch.Generator().manual_seed(0)
-    maps = torch.randn(32, 8, 3, 3, generator=g)
-    labels = torch.arange(8).repeat_interleave(4)
-    model, history = fit_attention_head("gau", maps, labels, maps, labels, seed=1, embedding_dim=4,
-                                        epochs=1, p=4, k=4, device="cpu", reduction=2, rff_dim=4,
-                                        sigma=2.0)
-    assert isinstance(model, AttentionEmbedder) and not model.training
-    att = model.attention
-    assert isinstance(att, KernelAttention) and att.kind == "gaussian" and att.sigma == 2.0
-    assert history.eval_epochs == [0, 1] and len(history.loss) == 1
 
 
 # ----------------------------------------------------------------------------- bad inputs
@@ -417,9 +379,9 @@ def test_figures_render():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from dmlviz.masks import channel_energy
     from dmlviz.viz.aia_maps import (
         aia_explorer,
-        channel_energy,
         plot_kernel_error,
         plot_map_rows,
         plot_sop_check,

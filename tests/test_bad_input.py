@@ -23,7 +23,7 @@ import pytest
 import torch
 from torch import nn
 
-from dmlviz import cli, data, metrics, runner, train
+from dmlviz import cli, data, heads, metrics, neighbours, runner, train
 from dmlviz.attention import aia, crt, csalr, refine, second_order
 from dmlviz.cache import cache_dir, save_entry
 from dmlviz.losses import HybridLoss, MultiSimilarityLoss, ProxyAnchorLoss, TripletLoss
@@ -163,7 +163,7 @@ ATTENTION_CASES = [
     ("CSALR: a 3-D tensor", lambda: _csalr()(torch.randn(16, 4, 4)), ValueError,
      "float feature map (B, C, H, W)"),
     ("CSALR embedder: B = 0",
-     lambda: csalr.AttentionEmbedder(16, 8, "csalr", landmarks=(2, 2))(_map(b=0)), ValueError,
+     lambda: heads.build_head("csalr", 16, 8, landmarks=(2, 2))[0](_map(b=0)), ValueError,
      "B, C, H, W >= 1"),
     ("AiA kernel attention: B = 0", lambda: aia.KernelAttention(16)(_map(b=0)), ValueError,
      "B, C, H, W >= 1"),
@@ -181,15 +181,15 @@ ATTENTION_CASES = [
      lambda: second_order.SecondOrderAttention(16)(_map(poison=INF)), ValueError,
      "non-finite feature map(s)"),
     ("refine_embeddings nn_avg: one NaN row",
-     lambda: refine.refine_embeddings("nn_avg", _poisoned()[0], k=3, device="cpu"),
+     lambda: neighbours.refine_embeddings("nn_avg", _poisoned()[0], k=3, device="cpu"),
      ValueError, "embeddings has 1 non-finite row(s)"),
     ("refine_embeddings: k = 2.5",
-     lambda: refine.refine_embeddings("nn_avg", _emb()[0], k=2.5, device="cpu"),
+     lambda: neighbours.refine_embeddings("nn_avg", _emb()[0], k=2.5, device="cpu"),
      ValueError, "must be an integer"),
     ("refine_embeddings: NaN in the reference",
-     lambda: refine.refine_embeddings("nn_avg", _emb()[0], k=3, reference=_poisoned()[0],
+     lambda: neighbours.refine_embeddings("nn_avg", _emb()[0], k=3, reference=_poisoned()[0],
                                       device="cpu"), ValueError, "reference has 1 non-finite"),
-    ("build_contexts: inf", lambda: refine.build_contexts(_poisoned(INF)[0], k=3),
+    ("build_contexts: inf", lambda: neighbours.build_contexts(_poisoned(INF)[0], k=3),
      ValueError, "non-finite row(s)"),
     ("neighbour_average: NaN in the context",
      lambda: refine.neighbour_average(_emb()[0][:4], torch.full((4, 3, 8), NAN)), ValueError,

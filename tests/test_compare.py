@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from dmlviz import compare
+from dmlviz.heads import build_head
 from dmlviz.viz.comparison import plot_comparison
 
 matplotlib.use("Agg")
@@ -22,45 +23,34 @@ def _maps(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("name", list(compare.METHODS))
-def test_every_head_maps_to_unit_embeddings(name):
+def test_every_method_maps_to_unit_embeddings(name):
+    """Every row of the comparison is a registry head built with this comparison's options."""
+    method = compare.METHODS[name]
+    channels = (LOCAL[0], GLOBAL[0]) if method.two_maps else LOCAL[0]
     torch.manual_seed(0)
-    head, loss = compare.build_method(name, LOCAL[0], GLOBAL[0], 8, num_classes=3,
-                                      grid=LOCAL[1:])
+    head, loss = build_head(method.head, channels, 8, 3,
+                            **compare.method_options(name, LOCAL[1:]))
     maps = _maps(5)
-    emb = compare.embed_maps(name, head, maps, device="cpu")
+    emb = compare._embed(name, head, maps, "cpu")
     assert emb.shape == (5, 8)
     torch.testing.assert_close(emb.norm(dim=1), torch.ones(5), atol=1e-5, rtol=0)
     labels = torch.tensor([0, 0, 1, 1, 2])
-    assert torch.isfinite(loss(head(*maps) if compare.METHODS[name].two_maps
-                               else head(maps[0]), labels))
+    assert torch.isfinite(loss(head(*maps) if method.two_maps else head(maps[0]), labels))
+    assert method.paper and method.objective
+
+
+def test_method_options():
+    """CSALR takes H/2 × W/2 landmarks of the map; the user's options go on top."""
+    assert compare.method_options("csalr", (8, 6)) == {"landmarks": (4, 3)}
+    assert compare.method_options("soa", options={"soa": {"zeta": 0.5}}) == {"zeta": 0.5}
+    assert compare.method_options("crt") == {"num_prototypes": 16}
 
 
 def test_unknown_method_and_bad_maps_are_rejected():
     with pytest.raises(ValueError, match="method must be one of"):
-        compare.build_method("transformer", 16, 24, 8, 3)
+        compare.method_options("transformer")
     with pytest.raises(ValueError, match="must be a pair"):
-        compare.embed_maps("baseline", torch.nn.Identity(), torch.zeros(2, *LOCAL))
-
-
-def test_train_method_learns_a_separable_problem():
-    """Four classes whose local maps differ by a class-specific mean: training must raise
-    Recall@1 on held-out samples of the same classes well above the untrained head's."""
-    gen = torch.Generator().manual_seed(0)
-    labels = torch.arange(4).repeat_interleave(12)
-    centres = torch.randn(4, LOCAL[0], 1, 1, generator=gen)
-    local = 0.1 * centres[labels] + torch.randn(len(labels), *LOCAL, generator=gen)
-    glob = torch.randn(len(labels), *GLOBAL, generator=gen)
-    torch.manual_seed(0)
-    untrained, _ = compare.build_method("baseline", LOCAL[0], GLOBAL[0], 8, 4)
-    before = compare.embedding_metrics(
-        compare.embed_maps("baseline", untrained, (local, glob), device="cpu"), labels)
-    head, history = compare.train_method("baseline", (local, glob), labels, embedding_dim=8,
-                                         epochs=15, p=4, k=4, lr=1e-2, device="cpu")
-    assert len(history.loss) == 15
-    assert not head.training
-    emb = compare.embed_maps("baseline", head, (local, glob), device="cpu")
-    after = compare.embedding_metrics(emb, labels)
-    assert before["recall@1"] < 0.5 and after["recall@1"] > before["recall@1"] + 0.25
+        compare._embed("baseline", torch.nn.Identity(), torch.zeros(2, *LOCAL), "cpu")
 
 
 def test_summarise_mean_std_and_single_seed_nan():

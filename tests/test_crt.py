@@ -9,16 +9,14 @@ import torch.nn.functional as F
 from dmlviz.attention.crt import (
     CodedResidualTransform,
     CRTObjective,
-    GlobalPoolEmbedder,
     TwoBranchCRT,
     correlation,
-    count_parameters,
     cross_branch_consistency_loss,
-    matched_hidden,
     prototype_cosine,
     prototype_diversity_loss,
     residual_encoding,
 )
+from dmlviz.cost import count_parameters
 from dmlviz.losses import MultiSimilarityLoss
 
 
@@ -45,7 +43,7 @@ def test_no_residual_ablation_drops_the_prototype_term():
                                _slow_residuals(x, c, subtract=False))
     m = CodedResidualTransform(5, 4, 6, subtract_prototype=False).double()
     _, maps = m(x, return_maps=True)
-    torch.testing.assert_close(maps["residuals"], _slow_residuals(x, m.prototypes.detach(), False))
+    torch.testing.assert_close(maps.residuals, _slow_residuals(x, m.prototypes.detach(), False))
     assert "subtract_prototype=False" in repr(m)
 
 
@@ -75,9 +73,9 @@ def test_correlation_maps_match_einsum():
     f, maps = m(x, return_maps=True)
     assert f.shape == (3, 8)
     torch.testing.assert_close(f.norm(dim=1), torch.ones(3))
-    assert maps["correlation"].shape == (3, 4, 5, 5)
-    torch.testing.assert_close(maps["weights"], F.softplus(ref))
-    assert maps["residuals"].shape == (3, 4, 6) and maps["prototype_cosine"].shape == (4, 4)
+    assert maps.correlation.shape == (3, 4, 5, 5)
+    torch.testing.assert_close(maps.weights, F.softplus(ref))
+    assert maps.residuals.shape == (3, 4, 6) and maps.prototype_cosine.shape == (4, 4)
 
 
 def test_embedding_is_mean_of_per_prototype_networks():
@@ -194,8 +192,13 @@ def test_two_branch_retrieves_with_branch_one_by_default():
     m_cat = TwoBranchCRT(6, (3, 5), (4, 8), retrieval="concat")
     m_cat.load_state_dict(m.state_dict())
     torch.testing.assert_close(m_cat.eval()(x), both)
-    f, maps = m(x, return_maps=True)
-    assert f.shape == (5, 4) and len(maps) == 1
+    f, maps = m(x, return_maps=True)  # eval: branch 1 only
+    assert f.shape == (5, 4) and maps.branch2 is None
+    assert maps.branch1.correlation.shape == (5, 3, *x.shape[2:])
+    _, maps = m(x, return_maps=True, output="both")
+    assert maps.branch1.weights.shape[1] == 3 and maps.branch2.weights.shape[1] == 5
+    _, maps = m(x, return_maps=True, output="branch2")
+    assert maps.branch1 is None and maps.branch2.residuals.shape == (5, 5, 6)
     with pytest.raises(ValueError, match="retrieval must be one of"):
         TwoBranchCRT(6, (3, 5), (4, 8), retrieval="mean")
     with pytest.raises(ValueError, match="output must be one of"):
@@ -218,23 +221,6 @@ def test_two_branch_shared_weights():
     assert len(same.distinct_branches) == 1
     with pytest.raises(ValueError, match="same number of prototypes"):
         TwoBranchCRT(6, (3, 5), (4, 8), share_weights=True)
-
-
-def test_global_pool_controls():
-    """Matched controls: GAP + linear, and GAP + MLP with as many parameters as a CRT head."""
-    torch.manual_seed(0)
-    x = torch.randn(3, 10, 4, 4)
-    lin = GlobalPoolEmbedder(10, 6)
-    ref = F.normalize(x.mean(dim=(2, 3)) @ lin.net.weight.T + lin.net.bias, dim=1)
-    torch.testing.assert_close(lin(x), ref)
-    crt = CodedResidualTransform(10, 8, 6)
-    h = matched_hidden(10, 6, count_parameters(crt))
-    mlp = GlobalPoolEmbedder(10, 6, hidden=h)
-    assert count_parameters(mlp) == h * (10 + 1 + 6) + 6
-    assert abs(count_parameters(mlp) - count_parameters(crt)) <= 10 + 1 + 6
-    torch.testing.assert_close(mlp(x).norm(dim=1), torch.ones(3))
-    with pytest.raises(ValueError, match="C = 10 channels"):
-        mlp(torch.randn(2, 9, 4, 4))
 
 
 def test_bad_inputs_raise_clear_errors():
@@ -310,27 +296,3 @@ def test_prototype_figures_and_explorer():
     plt.close("all")
 
 
-def test_build_variant_matched_set():
-    """Notebook 04's heads: equal D for retrieval (two-branch heads retrieve with branch 1),
-    the MLP control as large as CRT, and the paper's per-branch λ₁ (1.0, 0.1) with λ₂ on L_CON."""
-    from dmlviz.attention.crt import VARIANTS, build_variant
-
-    x = torch.randn(4, 6, 3, 3)
-    built = {name: build_variant(name, 6, MultiSimilarityLoss(), num_prototypes=3, embedding_dim=5,
-                                 branch_prototypes=(3, 4), branch_dims=(5, 7), seed=0)
-             for name in VARIANTS}
-    for name, (model, _loss) in built.items():
-        assert model.eval()(x).shape == (4, 5), name
-    crt_params = count_parameters(built["crt"][0])
-    assert abs(count_parameters(built["gap_mlp"][0]) - crt_params) <= 6 + 1 + 5
-    assert built["crt_k1"][0].num_prototypes == 1
-    assert not built["crt_no_residual"][0].subtract_prototype
-    assert built["crt_no_div"][1].diversity_weight == 0.0 and built["crt"][1].diversity_weight == 1.0
-    con, plain = built["two_branch_con"][1], built["two_branch"][1]
-    assert con.consistency_weight == 0.9 and plain.consistency_weight == 0.0
-    assert con.metric_weights == (1.0, 0.1) and con.consistency_reduction == "sum"
-    # the same seed gives the same initial weights
-    again, _ = build_variant("crt", 6, MultiSimilarityLoss(), num_prototypes=3, embedding_dim=5, seed=0)
-    torch.testing.assert_close(again.prototypes, built["crt"][0].prototypes)
-    with pytest.raises(ValueError, match="name must be one of"):
-        build_variant("crt_v2", 6, MultiSimilarityLoss())

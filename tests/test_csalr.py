@@ -7,15 +7,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from dmlviz.attention.csalr import (
     CSALR,
-    AttentionEmbedder,
-    DeepSupervisedLoss,
+    CSALRMaps,
     SelfAttention,
-    SupervisedEmbedding,
+    SelfAttentionMaps,
     csalr_attention,
-    landmark_grid,
 )
+from dmlviz.attention.landmarks import landmark_grid
 from dmlviz.attention.nystrom import softmax_attention
-from dmlviz.losses import MultiSimilarityLoss
 
 DT = torch.float64
 
@@ -92,7 +90,9 @@ def test_full_attention_is_softmax_of_projections():
     q, k, _ = m.qkv(x)
     ref = softmax_attention(q.flatten(0, 1), k.flatten(0, 1), scale=m.scale).reshape(2, 2, 16, 16)
     torch.testing.assert_close(m.full_attention(x), ref)
-    _, a = _module(SelfAttention, channels=8, qk_channels=4, groups=2)(x, return_maps=True)
+    _, maps = _module(SelfAttention, channels=8, qk_channels=4, groups=2)(x, return_maps=True)
+    assert isinstance(maps, SelfAttentionMaps)
+    a = maps.attention
     assert a.shape == (2, 2, 16, 16)
     torch.testing.assert_close(a.sum(-1), torch.ones(2, 2, 16, dtype=DT))
 
@@ -109,14 +109,16 @@ def test_maps_shapes_and_b_rows():
     x = torch.randn(2, 16, 8, 8, dtype=DT)
     for kw in (dict(indicator=False), dict(indicator=True), dict(indicator=True, indicator_at="logit")):
         m = _module(channels=16, qk_channels=8, landmarks=(2, 4), groups=4, **kw)
-        y, w, b = m(x, return_maps=True)
+        y, maps = m(x, return_maps=True)
+        assert isinstance(maps, CSALRMaps)
+        w, b = maps.W, maps.B
         assert y.shape == x.shape and w.shape == (2, 4, 64, 8) and b.shape == (2, 4, 8, 64)
         torch.testing.assert_close(b.sum(-1), torch.ones(2, 4, 8, dtype=DT))
         torch.testing.assert_close(w.sum(-1), torch.ones(2, 4, 64, dtype=DT))  # W 1 = 1
         torch.testing.assert_close((w @ b).sum(-1), torch.ones(2, 4, 64, dtype=DT))
     # the deviation kept for teaching (P on B too): B's rows sum to 1 + patch size
     m = _module(channels=16, qk_channels=8, landmarks=(2, 4), groups=1, indicator_at="affinity_b")
-    _, w, b = m(x, return_maps=True)
+    b = m(x, return_maps=True)[1].B
     torch.testing.assert_close(b.sum(-1), torch.full((2, 1, 8), 9.0, dtype=DT))
 
 
@@ -129,7 +131,7 @@ def test_indicator_with_every_position_a_landmark_reconstructs_A_exactly():
     q, k, _ = m.qkv(x)
     exact = torch.softmax(m.scale * q @ k.transpose(-1, -2), -1)  # (2, 1, 30, 30) eq. (10)
     torch.testing.assert_close(m.reconstruction(x), exact, rtol=1e-12, atol=1e-14)
-    _, w, _ = m(x, return_maps=True)
+    w = m(x, return_maps=True)[1].W
     torch.testing.assert_close(w, torch.eye(30, dtype=DT).expand_as(w), rtol=1e-12, atol=1e-12)
     sa = _module(SelfAttention, channels=8, qk_channels=4)
     sa.load_state_dict(m.state_dict())
@@ -160,8 +162,8 @@ def test_non_divisible_map_pools_disjoint_patches():
     m = _module(channels=4, qk_channels=4, landmarks=(2, 3), indicator=False, inverse="pinv")
     x = torch.randn(1, 4, 7, 8, dtype=DT)  # 7 / 2 and 8 / 3 are not integers
     q, k, v = m.qkv(x)
-    _, w, b = csalr_attention(q, k, v, (2, 3), size=(7, 8), indicator=False, scale=m.scale,
-                              return_maps=True)
+    _, (w, b) = csalr_attention(q, k, v, (2, 3), size=(7, 8), indicator=False, scale=m.scale,
+                                return_maps=True)
     assert w.shape == (1, 1, 56, 6) and b.shape == (1, 1, 6, 56)
     # explicit pooling: rows split 0-3 | 4-6, columns 0-2 | 3-5 | 6-7
     rows, cols = [range(0, 4), range(4, 7)], [range(0, 3), range(3, 6), range(6, 8)]
@@ -188,36 +190,6 @@ def test_gradients_reach_alpha_q_k_v():
     m0(torch.randn(2, 8, 4, 4)).square().sum().backward()
     assert m0.alpha.grad.abs().sum() > 0
     assert m0.query.weight.grad is None or m0.query.weight.grad.abs().sum() == 0
-
-
-def test_deep_supervision_trains_q_k_v_at_alpha_zero():
-    """Sec. 3.3: "we first perform an element-wise multiplication between the input feature map
-    and the output of CSALR module ... then we apply a global average pooling layer ... a fully
-    connected layer and apply a loss function ... we implement deep supervision before the
-    residual connection". The branch sees the module's output, not x + α·f, so at α = 0 the
-    cross-entropy of eq. (18) must still reach the query/key/value convolutions."""
-    torch.manual_seed(0)
-    for attention, kw in (("csalr", dict(landmarks=(2, 2), groups=2)), ("sa", dict(groups=2))):
-        model = AttentionEmbedder(8, 6, attention, num_classes=3, qk_channels=4, **kw).train()
-        assert model.attention.alpha.item() == 0.0
-        x, y = torch.randn(12, 8, 4, 4), torch.arange(3).repeat(4)
-        out = model(x)
-        F.cross_entropy(out.logits, y).backward()
-        for name in ("query.weight", "key.weight", "value.weight"):
-            grad = dict(model.attention.named_parameters())[name].grad
-            assert grad is not None and grad.abs().sum() > 0, (attention, name)
-        assert model.attention.alpha.grad is None  # the branch does not depend on α
-
-
-def test_deep_supervised_loss_sums_over_branches():
-    """Eq. (18): L_sum = L_F + λ Σ_{i=1}^{N} L_DS_i, N the number of CSALR modules."""
-    torch.manual_seed(1)
-    e = F.normalize(torch.randn(12, 6), dim=1)
-    y = torch.arange(3).repeat(4)
-    branches = tuple(torch.randn(12, 3) for _ in range(3))
-    loss = DeepSupervisedLoss(MultiSimilarityLoss(), weight=0.7)
-    expected = MultiSimilarityLoss()(e, y) + 0.7 * sum(F.cross_entropy(b, y) for b in branches)
-    torch.testing.assert_close(loss(SupervisedEmbedding(e, branches), y), expected)
 
 
 class _MaxNumel(TorchDispatchMode):
@@ -256,31 +228,7 @@ def test_errors_name_the_argument():
         CSALR(8, 4, landmarks=4)(torch.randn(8, 16))
     with pytest.raises(ValueError, match="indicator_at"):
         CSALR(8, indicator_at="softmax")
-    with pytest.raises(ValueError, match="attention must be one of"):
-        AttentionEmbedder(8, 4, "nystrom")
     assert landmark_grid(96, (28, 28)) in ((8, 12), (12, 8))
-
-
-def test_embedder_deep_supervision_and_loss():
-    torch.manual_seed(0)
-    model = AttentionEmbedder(8, 6, "csalr", num_classes=3, qk_channels=4, landmarks=(2, 2))
-    x, y = torch.randn(12, 8, 4, 4), torch.arange(3).repeat(4)
-    out = model.train()(x)
-    assert isinstance(out, SupervisedEmbedding) and out.logits.shape == (12, 3)
-    with torch.no_grad():  # the module's output before the residual (α = 0 here: O = x)
-        q, k, v = model.attention.qkv(x)
-        f = csalr_attention(q, k, v, (2, 2), size=(4, 4), scale=model.attention.scale)  # (12, 1, 16, 8)
-        f = f.transpose(2, 3).reshape(12, 8, 4, 4)
-    gap = (x * f).mean((2, 3))  # x ⊙ f → GAP → linear, before the residual
-    torch.testing.assert_close(out.logits, model.classifier(gap))
-    loss = DeepSupervisedLoss(MultiSimilarityLoss(), weight=0.5)
-    expected = MultiSimilarityLoss()(out.embeddings, y) + 0.5 * F.cross_entropy(out.logits, y)
-    torch.testing.assert_close(loss(out, y), expected)  # eq. (18)
-    e = model.eval()(x)
-    assert torch.is_tensor(e) and e.shape == (12, 6)
-    torch.testing.assert_close(e.norm(dim=1), torch.ones(12))
-    torch.testing.assert_close(loss(e, y), MultiSimilarityLoss()(e, y))
-    assert AttentionEmbedder(8, 6, "none", num_classes=3).classifier is None
 
 
 @pytest.mark.gpu
@@ -345,7 +293,8 @@ def test_output_without_maps_equals_w_times_b_v(inverse, indicator):
     g = torch.Generator().manual_seed(3)
     q, k, v = (torch.randn(2, 2, 48, 4, generator=g, dtype=DT) for _ in range(3))
     fast = csalr_attention(q, k, v, (2, 3), size=(6, 8), indicator=indicator, inverse=inverse, scale=0.5)
-    out, w, b = csalr_attention(q, k, v, (2, 3), size=(6, 8), indicator=indicator, inverse=inverse,
+    out, maps = csalr_attention(q, k, v, (2, 3), size=(6, 8), indicator=indicator, inverse=inverse,
                                 scale=0.5, return_maps=True)
+    w, b = maps.W, maps.B
     torch.testing.assert_close(fast, out, rtol=1e-8, atol=1e-10)
     torch.testing.assert_close(fast, w @ (b @ v), rtol=1e-8, atol=1e-10)

@@ -17,18 +17,16 @@ from dmlviz.attention.refine import (
     CrossAttentionBlock,
     NeighborRefiner,
     attention_on_same_class,
-    build_contexts,
     cross_attention,
-    fit_refiner,
     flush_denormals,
     neighbour_average,
     neighbour_softmax,
     neighbourhood_purity,
     parameter_free,
-    purity_matched_contexts,
-    refine_embeddings,
 )
+from dmlviz.heads import train_refiner
 from dmlviz.metrics import retrieval_metrics
+from dmlviz.neighbours import build_contexts, purity_matched_contexts, refine_embeddings
 
 
 def _random_refiner(dim=16, blocks=3, heads=4, **kw):
@@ -73,7 +71,7 @@ def test_residual_and_normalisation_per_step():
     refiner = _random_refiner()
     e0, ctx = torch.randn(6, 16), torch.randn(6, 5, 16)
     steps, maps = refiner(e0, ctx, return_all=True, return_maps=True)
-    assert steps.shape == (6, 4, 16) and maps.shape == (6, 3, 4, 5)
+    assert steps.shape == (6, 4, 16) and maps.attention.shape == (6, 3, 4, 5)
     torch.testing.assert_close(steps[:, 0], F.normalize(e0, dim=-1))
     ctx_n = F.normalize(ctx, dim=-1)
     for t, block in enumerate(refiner.blocks):
@@ -86,8 +84,8 @@ def test_residual_and_normalisation_per_step():
 def test_attention_weights_sum_to_one():
     refiner = _random_refiner()
     _, maps = refiner(torch.randn(4, 16), torch.randn(4, 7, 16), return_maps=True)
-    assert (maps >= 0).all()
-    torch.testing.assert_close(maps.sum(-1), torch.ones(4, 3, 4))
+    assert (maps.attention >= 0).all()
+    torch.testing.assert_close(maps.attention.sum(-1), torch.ones(4, 3, 4))
     _, w = cross_attention(torch.randn(2, 8), torch.randn(2, 3, 8), torch.randn(2, 3, 8), 4)
     torch.testing.assert_close(w.sum(-1), torch.ones(2, 4))
 
@@ -107,7 +105,8 @@ def test_variants():
     e0, ctx = torch.randn(4, 16), torch.randn(4, 3, 16)
     ca = _random_refiner(variant="ca_only")
     out, maps = ca(e0, None, return_maps=True)
-    assert maps.shape == (4, 3, 4, 1) and torch.allclose(maps, torch.ones_like(maps))
+    a = maps.attention
+    assert a.shape == (4, 3, 4, 1) and torch.allclose(a, torch.ones_like(a))
     torch.testing.assert_close(ca(e0, ctx), out)  # the context is ignored
     en, cn = F.normalize(e0, dim=-1), F.normalize(ctx, dim=-1)
     for b in range(4):  # the paper's row: an explicit mean over the query and its 3 neighbours
@@ -155,7 +154,7 @@ def test_shared_projection_equals_per_pair_formula():
     per_pair, maps = refiner(x, ctx, return_all=True, return_maps=True)  # today's formula
     shared, maps2 = refiner(x, reference=x, indices=idx, return_all=True, return_maps=True)
     torch.testing.assert_close(shared, per_pair, atol=1e-12, rtol=1e-12)
-    torch.testing.assert_close(maps2, maps, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(maps2.attention, maps.attention, atol=1e-12, rtol=1e-12)
     fast = refine_embeddings(refiner.float(), x.float(), 6, batch_size=7, device="cpu",
                              return_all=True)
     torch.testing.assert_close(fast, per_pair.float(), atol=1e-5, rtol=1e-5)
@@ -232,7 +231,7 @@ def test_flush_denormals_restores_setting():
     torch.set_flush_denormal(False)
 
 
-def test_fit_refiner_contexts_and_early_stopping():
+def test_train_refiner_contexts_and_early_stopping():
     """Alg. 1 "Precompute k nearest neighbors NN(e_i^0)": passing those very contexts gives the
     same refiner; early stopping picks an epoch from the held-out training classes."""
     g = torch.Generator().manual_seed(1)
@@ -240,23 +239,23 @@ def test_fit_refiner_contexts_and_early_stopping():
     x = torch.randn(48, 8, generator=g)
     kw = dict(k=4, num_blocks=2, num_heads=2, epochs=3, p=3, per_class=4, seed=0, device="cpu",
               cache=False, progress=False)
-    a, _ = fit_refiner(x, labels, **kw)
-    b, _ = fit_refiner(x, labels, contexts=build_contexts(x, 4)[0], **kw)
+    a, _ = train_refiner(x, labels, **kw)
+    b, _ = train_refiner(x, labels, contexts=build_contexts(x, 4)[0], **kw)
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(pa, pb)
-    stopped, history = fit_refiner(x, labels, early_stopping=0.34, **kw)
+    stopped, history = train_refiner(x, labels, early_stopping=0.34, **kw)
     assert history.eval_epochs == [0, 1, 2, 3] and 1 <= stopped.trained_epochs <= 3
     best = max(range(1, 4), key=lambda i: (history.metrics["recall@1"][i], -i))
     assert stopped.trained_epochs == best
     val_x, val_y = torch.randn(16, 8, generator=g), torch.arange(2).repeat_interleave(8)
-    held, history = fit_refiner(x, labels, early_stopping=(val_x, val_y), **kw)
+    held, history = train_refiner(x, labels, early_stopping=(val_x, val_y), **kw)
     best = max(range(1, 4), key=lambda i: (history.metrics["recall@1"][i], -i))
     assert held.trained_epochs == best
-    plain, _ = fit_refiner(x, labels, **{**kw, "epochs": best})  # the same run, stopped there
+    plain, _ = train_refiner(x, labels, **{**kw, "epochs": best})  # the same run, stopped there
     for pa, pb in zip(held.parameters(), plain.parameters(), strict=True):
         torch.testing.assert_close(pa, pb)
     with pytest.raises(ValueError, match="contexts must be"):
-        fit_refiner(x, labels, contexts=torch.randn(48, 4, 5), **kw)
+        train_refiner(x, labels, contexts=torch.randn(48, 4, 5), **kw)
 
 
 def test_build_contexts_matches_brute_force():
@@ -305,7 +304,7 @@ def test_training_improves_recall_on_separable_case():
     x = centres[labels] + 0.55 * torch.randn(120, 16, generator=g)
     train = labels < 6
     y_tr = labels[train]
-    refiner, history = fit_refiner(x[train], y_tr, k=6, num_blocks=2, num_heads=2, epochs=15,
+    refiner, history = train_refiner(x[train], y_tr, k=6, num_blocks=2, num_heads=2, epochs=15,
                                    p=6, per_class=5, lr=3e-3, seed=0, device="cpu", cache=False,
                                    progress=False)
     # measured on the training classes: this checks that Alg. 1 optimises what it should.
@@ -336,7 +335,7 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="refiner"):
         refine_embeddings("mean", torch.randn(10, 16), 3, device="cpu")
     with pytest.raises(ValueError, match="early_stopping"):
-        fit_refiner(torch.randn(20, 16), torch.arange(4).repeat_interleave(5), early_stopping=1.5,
+        train_refiner(torch.randn(20, 16), torch.arange(4).repeat_interleave(5), early_stopping=1.5,
                     device="cpu", cache=False, progress=False)
 
 

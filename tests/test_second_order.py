@@ -12,19 +12,15 @@ from dmlviz.attention.second_order import (
     GlobalLocalEmbedder,
     SecondOrderAttention,
     embed_intervened,
-    epochs_to_converge,
-    fit_global_local,
     gap_decomposition,
     gap_gmp,
     intervene,
-    local_global_maps,
-    make_loss,
-    object_attention_mass,
-    object_fraction,
     second_order_attention,
     space_to_depth,
 )
-from dmlviz.losses import HybridLoss, MultiSimilarityLoss, ProxyAnchorLoss
+from dmlviz.losses import HybridLoss, MultiSimilarityLoss, ProxyAnchorLoss, make_loss
+from dmlviz.masks import object_attention_mass
+from dmlviz.metrics import epochs_to_converge
 
 matplotlib.use("Agg")
 
@@ -91,7 +87,8 @@ def test_soa_module_is_eq_2_as_written():
     soa = SecondOrderAttention(6, reduced=3, zeta=0.5)
     _randomise_phi(soa)
     x = torch.randn(2, 6, 3, 4)
-    y, a = soa(x, return_maps=True)
+    y, maps = soa(x, return_maps=True)
+    a = maps.attention
     q, k, v = (conv.weight[:, :, 0, 0] @ x.flatten(2) + conv.bias[:, None]
                for conv in (soa.query, soa.key, soa.value))  # 1×1 convs as matrices
     a_ref = torch.softmax(0.5 * q.transpose(1, 2) @ k, dim=-1)  # eq. (1)
@@ -147,7 +144,8 @@ def test_embedder_matches_a_hand_computation():
     expected = F.normalize(torch.cat(parts, 1), dim=1)
     assert e.shape == (3, 6) and torch.allclose(e, expected, atol=1e-6)
     assert torch.allclose(e.norm(dim=1), torch.ones(3))
-    assert maps["local"].shape == (3, 16, 16) and maps["global"].shape == (3, 4, 4)
+    assert maps.local_attention.shape == (3, 16, 16) and maps.global_attention.shape == (3, 4, 4)
+    assert maps.single_attention is None
     raw = GlobalLocalEmbedder(5, 7, 6, normalize=False)
     assert not torch.allclose(raw(local, glob).norm(dim=1), torch.ones(3))
 
@@ -160,7 +158,7 @@ def test_embedder_ablations(kwargs, n_params_heads):
     local, glob = _maps()
     e, maps = model(local, glob, return_maps=True)
     assert e.shape == (3, 6)
-    assert len(maps) == n_params_heads
+    assert sum(a is not None for a in maps) == n_params_heads
     assert len(model.linears) == (1 if "branches" in kwargs else 2)
 
 
@@ -173,7 +171,8 @@ def test_single_head_path():
     stacked = torch.cat([space_to_depth(local), glob], dim=1)  # (B, 4·5 + 7, 2, 2)
     expected = F.normalize(model.linears["single"](gap_gmp(model.heads["single"](stacked))), dim=1)
     assert e.shape == (3, 9) and torch.allclose(e, expected, atol=1e-6)
-    assert maps["single"].shape == (3, 4, 4)
+    assert maps.single_attention.shape == (3, 4, 4)
+    assert maps.local_attention is None and maps.global_attention is None
     assert model.heads["single"].channels == 27
 
 
@@ -207,62 +206,6 @@ def test_hybrid_loss_is_ms_plus_weighted_proxy_anchor():
     assert isinstance(make_loss("proxy_anchor", 4, 8), ProxyAnchorLoss)
     with pytest.raises(ValueError, match="loss must be one of"):
         make_loss("triplet", 4, 8)
-
-
-def test_fit_global_local_same_seed_same_start_and_reproducible():
-    g = torch.Generator().manual_seed(0)
-    labels = torch.arange(8).repeat_interleave(6)
-    centres = torch.randn(8, 5, 1, 1, generator=g)
-    local = centres[labels].expand(-1, -1, 4, 4) + 0.5 * torch.randn(48, 5, 4, 4, generator=g)
-    glob = torch.randn(48, 7, 2, 2, generator=g)
-    train, test = labels < 4, labels >= 4
-    kw = dict(epochs=2, p=2, k=4, device="cpu")
-    args = ((local[train], glob[train]), labels[train], (local[test], glob[test]), labels[test])
-    _, h1 = fit_global_local(*args, loss="hybrid", seed=3, **kw)
-    _, h2 = fit_global_local(*args, loss="hybrid", seed=3, **kw)
-    assert h2.from_cache and h1.metrics["recall@1"] == h2.metrics["recall@1"]
-    assert len(h1.metrics["recall@1"]) == 3  # before training + 2 epochs
-    _, h_ms = fit_global_local(*args, loss="ms", seed=3, **kw)
-    assert h_ms.metrics["recall@1"][0] == h1.metrics["recall@1"][0]  # same initial model
-    with pytest.raises(ValueError, match="pair"):
-        fit_global_local(local, labels, (local, glob), labels)
-
-
-# ----------------------------------------------------------------------------- object masks
-
-def test_object_fraction_and_mass_by_hand():
-    masks = torch.zeros(1, 4, 4, dtype=torch.bool)
-    masks[0, :2, :2] = True  # the object fills the top-left cell of a 2×2 grid
-    frac = object_fraction(masks, 2)
-    assert torch.equal(frac, torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
-    uniform = torch.full((1, 4, 4), 0.25)
-    s = object_attention_mass(uniform, frac)
-    assert s["background_to_object"] == pytest.approx(0.25) == s["background_chance"]
-    assert s["background_queries"] == 3 and s["object_queries"] == 1
-    on_object = torch.zeros(1, 4, 4)
-    on_object[0, :, 0] = 1.0  # every query attends to the object cell
-    assert object_attention_mass(on_object, frac)["background_to_object"] == pytest.approx(1.0)
-    with pytest.raises(ValueError, match="fraction must be"):
-        object_attention_mass(uniform, frac[:, :3])
-
-
-# ----------------------------------------------------------------------------- features
-
-def test_local_global_maps_equal_the_backbone_taps():
-    from dmlviz.backbones import efficientnet_lite0
-
-    torch.manual_seed(0)
-    backbone = efficientnet_lite0(pretrained=False)
-    x = torch.randn(2, 3, 64, 64)
-    local, glob = local_global_maps(backbone, x, progress=False)
-    with torch.no_grad():
-        ref = backbone.feature_maps(x, (16, 32))
-    assert torch.allclose(local, ref[16], atol=1e-5) and torch.allclose(glob, ref[32], atol=1e-4)
-    assert not any(m.training for m in backbone.modules())  # modes left as they were
-    again = local_global_maps(backbone, x, progress=False)  # from the cache
-    assert torch.equal(again[1], glob)
-    with pytest.raises(ValueError, match="EfficientNetLite0"):
-        local_global_maps(torch.nn.Identity(), x)
 
 
 @pytest.mark.gpu
@@ -334,7 +277,7 @@ def test_gap_identity_holds_exactly():
     x = torch.randn(2, 6, 3, 4, dtype=torch.float64)
     parts = gap_decomposition(block, x)
     assert torch.allclose(parts["gap_f_soa"], parts["gap_f_plus_phi"], atol=1e-12, rtol=0)
-    _, a = block(x, return_maps=True)
+    a = block(x, return_maps=True)[1].attention
     v = block.value(x).flatten(2)  # (B, C', N)
     n = a.shape[1]
     for b in range(2):  # slow loop: ā_j = 1/N Σ_i a_ij, then Σ_j ā_j v_j
@@ -354,8 +297,8 @@ def test_mean_row_and_shuffled_rows_leave_gap_unchanged(mode):
     x = torch.randn(3, 6, 4, 4, dtype=torch.float64)
     gen = torch.Generator().manual_seed(1)
     y = block(x)
-    y_edit, a_edit = block(x, return_maps=True, edit=lambda a: intervene(a, mode, gen))
-    assert torch.allclose(a_edit.sum(-1), torch.ones(3, 16, dtype=torch.float64))
+    y_edit, maps_edit = block(x, return_maps=True, edit=lambda a: intervene(a, mode, gen))
+    assert torch.allclose(maps_edit.attention.sum(-1), torch.ones(3, 16, dtype=torch.float64))
     assert torch.allclose(y.mean(dim=(2, 3)), y_edit.mean(dim=(2, 3)), atol=1e-12, rtol=0)
     assert not torch.allclose(y.amax(dim=(2, 3)), y_edit.amax(dim=(2, 3)), atol=1e-6)
 
@@ -397,7 +340,8 @@ def test_first_order_control_same_parameters_and_query_independent():
     assert [p.shape for p in soa.parameters()] == [p.shape for p in first.parameters()]
     assert all(torch.equal(p, q) for p, q in zip(soa.parameters(), first.parameters(), strict=True))
     x = torch.randn(2, 6, 3, 4, dtype=torch.float64)
-    y, a = first(x, return_maps=True)
+    y, maps = first(x, return_maps=True)
+    a = maps.attention
     q, k = first.query(x).flatten(2), first.key(x).flatten(2)
     for b in range(2):  # explicit formula of the saliency
         logits = first.zeta * (q[b].mean(dim=1) @ k[b])  # (N,)
@@ -473,13 +417,3 @@ def test_epochs_to_converge_by_hand():
         epochs_to_converge(History(eval_epochs=[1], metrics={"recall@1": [0.5]}))
 
 
-def test_fit_global_local_passes_loss_kwargs():
-    g = torch.Generator().manual_seed(0)
-    labels = torch.arange(4).repeat_interleave(6)
-    local, glob = torch.randn(24, 5, 2, 2, generator=g), torch.randn(24, 7, 1, 1, generator=g)
-    kw = dict(epochs=1, p=2, k=4, device="cpu")
-    args = ((local[:12], glob[:12]), labels[:12], (local[12:], glob[12:]), labels[12:])
-    _, h1 = fit_global_local(*args, loss="ms", seed=0, **kw)
-    _, h2 = fit_global_local(*args, loss="ms", seed=0, loss_kwargs={"sigma": 1.0}, **kw)
-    assert not h2.from_cache  # a different σ is a different run
-    assert "nmi" not in h1.metrics  # per-epoch k-means off by default

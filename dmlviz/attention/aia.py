@@ -14,10 +14,10 @@ paper                  here                           meaning
 ``X``, ``x ∈ R^c``     ``x``, ``C`` channels          input map; its local feature at one position
 ``r``                  ``reduction``                  dimensionality reduction factor
 ``φ(·)`` (\\varphi)    ``KernelAttention.reduce``     1×1 conv + BN + ReLU, ``c → c̄ = c/r`` (eq. 1)
-``x̄ = φ(x)``           ``maps["reduced"]``            the reduced local feature, ``c̄`` channels
+``x̄ = φ(x)``           ``maps.reduced``               the reduced local feature, ``c̄`` channels
 ``SoP(·)``, ``Gau(·)``  ``KernelAttention.features``   explicit kernel feature map (Table 1, eqs. 9, 14);
                                                       the identity for the linear kernel
-``x̃``                  ``maps["features"]``           kernel features of ``x̄`` (``x̃ = x̄`` if linear)
+``x̃``                  ``maps.features``              kernel features of ``x̄`` (``x̃ = x̄`` if linear)
 ``κ(·)``               :class:`RandomFourierFeatures`  the randomised embedding of eq. (14): ``Gau = κ``
 ``ω_i``, ``c'``        ``omega``, ``rff_dim``         random frequencies and their number (``2c'`` features)
 ``σ``                  ``sigma``                      width of the Gaussian kernel (eq. 13)
@@ -25,7 +25,7 @@ paper                  here                           meaning
 ``ϖ(·)`` (\\varpi)     ``KernelAttention.inner``      inner attention: 1×1 conv + BN + ReLU → ``c``
 ``ϕ(·)`` (\\phi)       ``KernelAttention.outer``      outer embedding: 1×1 conv + BN + ReLU → ``c``
 ``x̂ = ϖ(m) ⊗ ϕ(x̃)``   —                              the inter-dependency of global and local (eq. 3)
-``z = Sigmoid(x̂)``     ``maps["z"]``                  the attention mask
+``z = Sigmoid(x̂)``     ``maps.z``                     the attention mask
 ``x^z = z ⊗ x``        the block's output             the attended map (eq. 4)
 =====================  =============================  =================================================
 
@@ -67,6 +67,10 @@ with the paper's reduction ``r = 4`` by default ("We set the dimensionality redu
 computes an SE block exactly (eqs. 5 vs 6). :func:`table8_blocks` builds the blocks of Tables 3
 and 8 at the paper's input ``480 × 16 × 8`` and :data:`PAPER_COSTS` holds the paper's numbers.
 
+Maps (the package's protocol): ``return_maps=True`` returns ``(output, maps)`` — an
+:class:`AiAMaps` (``z``, ``inner``, ``outer``, ``features``, ``reduced``) from
+:class:`KernelAttention`, an :class:`SEMaps` (``z (B, C)``) from :class:`SEBlock`.
+
 Choices where the paper leaves room (each is visible in the notebook)
 ---------------------------------------------------------------------
 * ``ϕ`` and ``ϖ`` end in BN + ReLU, as section 4.4 states for all three embedding functions.
@@ -103,11 +107,13 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dmlviz.attention.second_order import SecondOrderAttention
 from dmlviz.checks import check_feature_map, check_int
 
 __all__ = [
@@ -117,17 +123,16 @@ __all__ = [
     "RFF_FEATURES",
     "RFF_OMEGA",
     "VARIANTS",
-    "AttentionEmbedder",
+    "AiAMaps",
     "KernelAttention",
     "RandomFourierFeatures",
     "SEBlock",
+    "SEMaps",
     "aia_from_se",
-    "fit_attention_head",
     "gaussian_kernel",
     "kernel_feature_dim",
     "make_attention",
     "median_distance",
-    "object_share",
     "rff_kernel_error",
     "sop_features",
     "table8_blocks",
@@ -381,8 +386,30 @@ class _KernelFeatures(nn.Module):
         return f.movedim(-1, 1)  # (B, c', H, W) x̃ = SoP(x̄), eq. (9) | Gau(x̄), eq. (14)
 
 
+class AiAMaps(NamedTuple):
+    """What :class:`KernelAttention` returns with ``return_maps=True`` (``c̄ = C / r``,
+    ``c'`` = ``features.out_dim``).
+
+    Attributes:
+        z: ``(B, C, H, W)`` the mask ``z = Sigmoid(x̂)`` (eqs. 3, 10; 7, 12, 17 without AiA).
+        inner: ``(B, C)`` the inner attention ``ϖ(m)``, or ``None`` without AiA.
+        outer: ``(B, C, H, W)`` the outer embedding ``ϕ(x̃)``.
+        features: ``(B, c', H, W)`` the kernel features ``x̃`` (``x̃ = x̄`` for the linear kernel).
+        reduced: ``(B, c̄, H, W)`` the reduced local features ``x̄ = φ(x)`` (eq. 1).
+    """
+
+    z: torch.Tensor
+    inner: torch.Tensor | None
+    outer: torch.Tensor
+    features: torch.Tensor
+    reduced: torch.Tensor
+
+
 class KernelAttention(nn.Module):
     """Linear / SoP / Gaussian kernel attention, with (AiA) or without inner attention.
+
+    ``forward(x, return_maps=True)`` returns ``(x^z, maps)`` with ``maps`` an :class:`AiAMaps`
+    (``maps.z`` ``(B, C, H, W)``, ``maps.inner`` ``(B, C)``, …).
 
     Args:
         channels: ``C`` (the paper's ``c``) of the input map.
@@ -481,12 +508,11 @@ class KernelAttention(nn.Module):
 
         Args:
             x: ``(B, C, H, W)``.
-            return_maps: also return ``{"z": (B, C, H, W) mask, "inner": (B, C) ϖ(m) (None
-                without AiA), "outer": (B, C, H, W) ϕ(x̃), "features": (B, c', H, W) x̃,
-                "reduced": (B, c̄, H, W) x̄}``.
+            return_maps: also return an :class:`AiAMaps` (``z``, ``inner``, ``outer``,
+                ``features``, ``reduced``).
 
         Returns:
-            ``x^z = z ⊗ x``, ``(B, C, H, W)``; and the maps if asked.
+            ``x^z = z ⊗ x``, ``(B, C, H, W)``; with ``return_maps`` ``(x^z, AiAMaps)``.
         """
         check_feature_map(x, "x", self.channels, module=self)
         xr = self.reduce(x)  # (B, c̄, H, W) x̄ = φ(x), eq. (1)
@@ -504,8 +530,8 @@ class KernelAttention(nn.Module):
         y = z * x  # x^z = z ⊗ x, eq. (4)
         if not return_maps:
             return y
-        return y, {"z": z, "inner": None if w is None else w.flatten(1), "outer": outer,
-                   "features": k, "reduced": xr}
+        return y, AiAMaps(z=z, inner=None if w is None else w.flatten(1), outer=outer,
+                          features=k, reduced=xr)
 
     def extra_repr(self) -> str:
         rff = self.features.rff
@@ -519,7 +545,7 @@ class KernelAttention(nn.Module):
                 f"reduction={self.reduction}{extra}{relu}")
 
 
-def zero_shares(maps: dict) -> dict[str, float]:
+def zero_shares(maps: AiAMaps) -> dict[str, float]:
     """How much of a block's output is exactly at the ReLU's or the sigmoid's floor.
 
     With ReLU at the end of ``ϖ`` and ``ϕ`` (section 4.4), ``x̂ = ϖ(m) ⊗ ϕ(x̃)`` is 0 wherever
@@ -527,19 +553,29 @@ def zero_shares(maps: dict) -> dict[str, float]:
     whatever the image.
 
     Args:
-        maps: the maps of ``KernelAttention(..., return_maps=True)``.
+        maps: the :class:`AiAMaps` of ``KernelAttention(..., return_maps=True)``.
 
     Returns:
         ``{"inner_zero": share of ϖ(m) entries == 0 (nan without AiA), "outer_zero": share
         of ϕ(x̃) entries == 0, "z_half": share of z entries == 0.5}``.
     """
-    if not isinstance(maps, dict) or "z" not in maps or "outer" not in maps:
-        raise ValueError("maps must be the dict of KernelAttention(..., return_maps=True), got "
-                         f"{type(maps).__name__}")
-    inner = maps.get("inner")
+    if not isinstance(maps, AiAMaps):
+        raise ValueError("maps must be the AiAMaps of KernelAttention(..., return_maps=True), "
+                         f"got {type(maps).__name__}")
+    inner = maps.inner
     return {"inner_zero": float("nan") if inner is None else float((inner == 0).double().mean()),
-            "outer_zero": float((maps["outer"] == 0).double().mean()),
-            "z_half": float((maps["z"] == 0.5).double().mean())}
+            "outer_zero": float((maps.outer == 0).double().mean()),
+            "z_half": float((maps.z == 0.5).double().mean())}
+
+
+class SEMaps(NamedTuple):
+    """What :class:`SEBlock` returns with ``return_maps=True``.
+
+    Attributes:
+        z: ``(B, C)`` one weight per channel, ``Sigmoid(σ(ξ(GAP(X))))`` of eq. (5).
+    """
+
+    z: torch.Tensor
 
 
 class SEBlock(nn.Module):
@@ -554,6 +590,9 @@ class SEBlock(nn.Module):
 
     Attributes:
         fc1: ``W₁``, ``C → C/r``; fc2: ``W₂``, ``C/r → C`` (linear layers with bias).
+
+    ``forward(x, return_maps=True)`` returns ``(z ⊗ x, maps)`` with ``maps`` an
+    :class:`SEMaps` (``maps.z`` ``(B, C)``).
     """
 
     def __init__(self, channels: int, reduction: int = 4) -> None:
@@ -565,11 +604,12 @@ class SEBlock(nn.Module):
         self.fc2 = nn.Linear(hidden, channels)
 
     def forward(self, x: torch.Tensor, return_maps: bool = False):
-        """Args: x ``(B, C, H, W)``. Returns: ``z ⊗ x`` and, if asked, ``{"z": (B, C)}``."""
+        """Args: x ``(B, C, H, W)``. Returns: ``z ⊗ x`` ``(B, C, H, W)``; with
+        ``return_maps`` ``(z ⊗ x, SEMaps)``, ``SEMaps.z`` ``(B, C)``."""
         check_feature_map(x, "x", self.channels, module=self)
         z = torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean(dim=(2, 3))))))  # (B, C) eq. (5)
         y = z[:, :, None, None] * x
-        return (y, {"z": z}) if return_maps else y
+        return (y, SEMaps(z=z)) if return_maps else y
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, reduction={self.reduction}"
@@ -704,8 +744,6 @@ def make_attention(name: str, channels: int, *, reduction: int = 4, rff_dim: int
     if name == "se":
         return SEBlock(channels, se_reduction)
     if name == "nonlocal":
-        from dmlviz.attention.second_order import SecondOrderAttention
-
         reduced = max(1, channels // check_int(nonlocal_reduction, "nonlocal_reduction", 1))
         return SecondOrderAttention(channels, reduced=reduced, zeta=nonlocal_zeta)
     base = name.removesuffix("_no_aia").removesuffix("_no_relu")
@@ -756,100 +794,4 @@ def table8_blocks(channels: int = 480) -> dict[str, nn.Module]:
 
 # ----------------------------------------------------------------------------- DML head
 
-class AttentionEmbedder(nn.Module):
-    """DML head on a frozen feature map: attention block → GAP → linear → L2-normalise.
 
-    Args:
-        channels: ``C`` of the input map.
-        embedding_dim: ``D``.
-        attention: any module ``(B, C, H, W) → (B, C, H, W)`` (e.g. :func:`make_attention`),
-            or ``None`` for the baseline (GAP of the raw map).
-    """
-
-    def __init__(self, channels: int, embedding_dim: int, attention: nn.Module | None = None):
-        super().__init__()
-        self.channels = check_int(channels, "channels", 1)
-        self.embedding_dim = check_int(embedding_dim, "embedding_dim", 1)
-        self.attention = attention
-        self.linear = nn.Linear(channels, embedding_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Args: x ``(B, C, H, W)``. Returns: ``(B, D)`` unit-norm embeddings."""
-        check_feature_map(x, "x", self.channels, module=self)
-        if self.attention is not None:
-            x = self.attention(x)  # (B, C, H, W)
-        return F.normalize(self.linear(x.mean(dim=(2, 3))), dim=1)  # (B, D)
-
-
-def fit_attention_head(name: str, train_maps: torch.Tensor, train_labels: torch.Tensor,
-                       test_maps: torch.Tensor, test_labels: torch.Tensor, *,
-                       embedding_dim: int = 64, seed: int = 0, epochs: int = 10, p: int = 8,
-                       k: int = 4, lr: float = 1e-3, eval_every: int = 1,
-                       device: str | torch.device = "auto", progress: bool = False,
-                       metric_kwargs: dict | None = None, **attention_kwargs):
-    """Build the ``name`` head from ``seed`` and train it with the multi-similarity loss.
-
-    The model is built right after ``torch.manual_seed(seed)``, so every variant of one seed
-    sees the same batches; training is :func:`dmlviz.train.fit` (P×K batches, AdamW,
-    checkpoint cache). With ``sigma="median"`` (the default of :func:`make_attention`) a
-    Gaussian block sets σ on its first training batch (training classes only).
-
-    Args:
-        name: one of :data:`VARIANTS` or :data:`ABLATIONS`.
-        train_maps: ``(N, C, H, W)`` cached backbone maps of the training images.
-        train_labels: ``(N,)`` class ids.
-        test_maps, test_labels: the unseen classes, for Recall@K every ``eval_every`` epochs.
-        embedding_dim: ``D``.
-        seed: seeds the initial weights (and the random frequencies) and the batch order.
-        epochs, p, k, lr, eval_every, device, progress, metric_kwargs: as for
-            :func:`dmlviz.train.fit` (``metric_kwargs={"nmi": False}`` skips the k-means of NMI,
-            most of an evaluation's cost).
-        **attention_kwargs: for :func:`make_attention` (``reduction``, ``rff_dim``, ``sigma`` …).
-
-    Returns:
-        ``(model, history)``: the trained :class:`AttentionEmbedder` (eval mode) and its
-        :class:`dmlviz.train.History`.
-    """
-    from dmlviz.losses import MultiSimilarityLoss
-    from dmlviz.train import fit
-    from dmlviz.utils import seed_everything
-
-    check_feature_map(train_maps, "train_maps")
-    check_feature_map(test_maps, "test_maps", train_maps.shape[1])
-    seed_everything(seed)
-    c = train_maps.shape[1]
-    model = AttentionEmbedder(c, embedding_dim, make_attention(name, c, **attention_kwargs))
-    history = fit(model, MultiSimilarityLoss(), train_maps, train_labels, test_inputs=test_maps,
-                  test_labels=test_labels, epochs=epochs, p=p, k=k, lr=lr,
-                  eval_every=eval_every, seed=seed, device=device, progress=progress,
-                  metric_kwargs=metric_kwargs)
-    return model, history
-
-
-# ----------------------------------------------------------------------------- masks on objects
-
-def object_share(energy: torch.Tensor, fraction: torch.Tensor) -> torch.Tensor:
-    """Share of a non-negative map's total that lies on the object, per image.
-
-    ``Σ_n e_n m_n / Σ_n e_n`` with ``m_n`` the object fraction of cell ``n``
-    (:func:`dmlviz.attention.second_order.object_fraction`). Comparing the share of the
-    masked map ``x^z`` with that of the input map ``x`` says whether the mask moved the
-    feature energy towards the object.
-
-    Args:
-        energy: ``(B, N)`` or ``(B, H, W)`` non-negative values (e.g. the channel norm of a map).
-        fraction: ``(B, N)`` object fraction per cell.
-
-    Returns:
-        ``(B,)`` shares in [0, 1].
-    """
-    if not torch.is_tensor(energy) or energy.ndim not in (2, 3):
-        raise ValueError(f"energy must be a tensor (B, N) or (B, H, W), got "
-                         f"{tuple(energy.shape) if torch.is_tensor(energy) else type(energy).__name__}")
-    e = energy.flatten(1).double()
-    if not torch.is_tensor(fraction) or fraction.shape != e.shape:
-        raise ValueError(f"fraction must be (B, N) = {tuple(e.shape)} to match energy, got "
-                         f"{tuple(fraction.shape) if torch.is_tensor(fraction) else type(fraction).__name__}")
-    if (e < 0).any():
-        raise ValueError("energy must be non-negative (use a norm or the mask itself)")
-    return (e * fraction.double()).sum(1) / e.sum(1).clamp_min(1e-12)

@@ -28,10 +28,17 @@ paper sets λ₁ per branch (section 4.1: 1.0 for branch 1, 0.1 for branch 2 on 
 0.9 on SOP and In-Shop) and λ₂ = 0.9.
 
 Matched controls (not in the paper, which compares with its MS baseline on a fine-tuned
-backbone): :class:`GlobalPoolEmbedder` — global average pooling, then a linear map or an MLP
-whose hidden width :func:`matched_hidden` picks to match a CRT head's parameter count — and
+backbone): global average pooling, then a linear map or an MLP whose hidden width
+:func:`matched_hidden` picks to match a CRT head's parameter count
+(:class:`dmlviz.heads.PooledEmbedder`, heads ``gap_linear`` and ``gap_mlp``) — and
 the ablations ``CodedResidualTransform(..., subtract_prototype=False)`` (weighted pooling
 ``Σ_j softplus(a_jk) x_j`` without the ``− c_k`` of eq. 1) and ``num_prototypes=1``.
+
+Maps (the package's protocol): ``return_maps=True`` returns ``(output, maps)`` — a
+:class:`CRTMaps` (``correlation``, ``weights`` ``(B, K, H, W)``, ``residuals`` ``(B, K, C)``,
+``prototype_cosine`` ``(K, K)``) from :class:`CodedResidualTransform`, a
+:class:`TwoBranchCRTMaps` (``branch1``, ``branch2``: a :class:`CRTMaps` each, or ``None``)
+from :class:`TwoBranchCRT`.
 
 Interpretations, where the paper's text is silent:
 
@@ -53,8 +60,8 @@ Interpretations, where the paper's text is silent:
 
 from __future__ import annotations
 
-import copy
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -64,14 +71,12 @@ from dmlviz.checks import check_feature_map, check_int
 
 __all__ = [
     "CONSISTENCY_REDUCTIONS",
+    "CRTMaps",
     "CRTObjective",
     "CodedResidualTransform",
-    "GlobalPoolEmbedder",
     "TwoBranchCRT",
-    "VARIANTS",
-    "build_variant",
+    "TwoBranchCRTMaps",
     "correlation",
-    "count_parameters",
     "cross_branch_consistency_loss",
     "matched_hidden",
     "prototype_cosine",
@@ -195,14 +200,9 @@ def cross_branch_consistency_loss(f1: torch.Tensor, f2: torch.Tensor,
     return diff.sum() if reduction == "sum" else diff.mean()  # eq. (5)
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters (a shared tensor counts once)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 def matched_hidden(in_channels: int, embedding_dim: int, target: int) -> int:
     """Hidden width ``h`` of a GAP + MLP head (C → h → D) whose parameter count
-    ``h (C + 1 + D) + D`` is closest to ``target`` (e.g. a CRT head's :func:`count_parameters`).
+    ``h (C + 1 + D) + D`` is closest to ``target`` (e.g. a CRT head's parameter count).
 
     Args:
         in_channels: ``C``.
@@ -220,6 +220,23 @@ def matched_hidden(in_channels: int, embedding_dim: int, target: int) -> int:
 
 # ----------------------------------------------------------------------------- modules
 
+class CRTMaps(NamedTuple):
+    """What :class:`CodedResidualTransform` returns with ``return_maps=True`` (no gradient).
+
+    Attributes:
+        correlation: ``(B, K, H, W)`` ``a_jk = x_j · c_k`` of every position and prototype
+            (the paper's Fig. 2).
+        weights: ``(B, K, H, W)`` the coding weights ``softplus(a_jk)`` of eq. (1).
+        residuals: ``(B, K, C)`` the coded residuals ``r_k`` of eq. (1).
+        prototype_cosine: ``(K, K)`` ``cos(c_k, c_l)``, what L_DIV (eq. 3) averages.
+    """
+
+    correlation: torch.Tensor
+    weights: torch.Tensor
+    residuals: torch.Tensor
+    prototype_cosine: torch.Tensor
+
+
 class CodedResidualTransform(nn.Module):
     """CRT head: K prototypes → coded residuals (eq. 1) → Γ_k → mean → unit length (eq. 2).
 
@@ -230,7 +247,8 @@ class CodedResidualTransform(nn.Module):
         shared_embedding: one ``Γ`` for all prototypes (Table 7 ablation) instead of one each.
         subtract_prototype: False drops the ``− c_k`` of eq. (1) (the "no residual" ablation).
 
-    Shapes: input ``(B, C, H, W)``, output ``(B, D)`` unit-norm embeddings.
+    Shapes: input ``(B, C, H, W)``, output ``(B, D)`` unit-norm embeddings;
+    ``forward(x, return_maps=True)`` returns ``(f, maps)`` with ``maps`` a :class:`CRTMaps`.
     """
 
     def __init__(self, in_channels: int, num_prototypes: int, embedding_dim: int,
@@ -264,11 +282,11 @@ class CodedResidualTransform(nn.Module):
         return torch.einsum("bkd,kde->bke", h, self.w2.expand(self.num_prototypes, -1, -1)) + self.b2
 
     def forward(self, x: torch.Tensor, return_maps: bool = False):
-        """Args: x ``(B, C, H, W)``; return_maps: also return a dict with ``correlation``
-        ``(B, K, H, W)``, ``weights`` (softplus) ``(B, K, H, W)``, ``residuals`` ``(B, K, C)``
-        and ``prototype_cosine`` ``(K, K)``.
+        """Args: x ``(B, C, H, W)``; return_maps: also return a :class:`CRTMaps`
+        (``correlation`` and ``weights`` ``(B, K, H, W)``, ``residuals`` ``(B, K, C)``,
+        ``prototype_cosine`` ``(K, K)``).
 
-        Returns: ``(B, D)`` unit-norm embeddings (and the maps).
+        Returns: ``(B, D)`` unit-norm embeddings; with ``return_maps`` ``(f, CRTMaps)``.
         """
         check_feature_map(x, "x", self.in_channels, module=self)
         r, w = residual_encoding(x, self.prototypes, return_weights=True,
@@ -277,8 +295,8 @@ class CodedResidualTransform(nn.Module):
         if not return_maps:
             return f
         with torch.no_grad():
-            maps = {"correlation": correlation(x, self.prototypes), "weights": w,
-                    "residuals": r, "prototype_cosine": prototype_cosine(self.prototypes)}
+            maps = CRTMaps(correlation=correlation(x, self.prototypes), weights=w, residuals=r,
+                           prototype_cosine=prototype_cosine(self.prototypes))
         return f, maps
 
     def extra_repr(self) -> str:
@@ -287,38 +305,18 @@ class CodedResidualTransform(nn.Module):
                 f"subtract_prototype={self.subtract_prototype}")
 
 
-class GlobalPoolEmbedder(nn.Module):
-    """Matched control: global average pooling → linear map or MLP → unit length.
+class TwoBranchCRTMaps(NamedTuple):
+    """What :class:`TwoBranchCRT` returns with ``return_maps=True``: each branch's
+    :class:`CRTMaps` (its ``K`` = K₁ or K₂), or ``None`` for the branch that ``output``
+    did not compute (``"branch1"`` computes only branch 1, ``"branch2"`` only branch 2).
 
-    ``hidden=None``: ``f = normalise(W mean_j x_j + b)`` (GAP + linear). ``hidden=h``:
-    Linear(C, h) → GELU → Linear(h, D), the same nonlinearity as CRT's ``Γ_k``; pick ``h`` with
-    :func:`matched_hidden` to give it as many parameters as a CRT head.
-
-    Args:
-        in_channels: ``C``.
-        embedding_dim: ``D``.
-        hidden: hidden width, or None for a linear head.
-
-    Shapes: input ``(B, C, H, W)``, output ``(B, D)`` unit-norm embeddings.
+    Attributes:
+        branch1: :class:`CRTMaps` of branch 1 (K₁ prototypes) or ``None``.
+        branch2: :class:`CRTMaps` of branch 2 (K₂ prototypes) or ``None``.
     """
 
-    def __init__(self, in_channels: int, embedding_dim: int, hidden: int | None = None) -> None:
-        super().__init__()
-        self.in_channels = check_int(in_channels, "in_channels", 1)
-        self.embedding_dim = check_int(embedding_dim, "embedding_dim", 1)
-        self.hidden = None if hidden is None else check_int(hidden, "hidden", 1)
-        c, d = self.in_channels, self.embedding_dim
-        self.net = (nn.Linear(c, d) if self.hidden is None else
-                    nn.Sequential(nn.Linear(c, self.hidden), nn.GELU(), nn.Linear(self.hidden, d)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Args: x ``(B, C, H, W)``. Returns: ``(B, D)`` unit-norm embeddings."""
-        check_feature_map(x, "x", self.in_channels, module=self)
-        return F.normalize(self.net(x.mean(dim=(2, 3))), dim=1)  # (B, D)
-
-    def extra_repr(self) -> str:
-        return (f"in_channels={self.in_channels}, embedding_dim={self.embedding_dim}, "
-                f"hidden={self.hidden}")
+    branch1: CRTMaps | None = None
+    branch2: CRTMaps | None = None
 
 
 class TwoBranchCRT(nn.Module):
@@ -330,6 +328,8 @@ class TwoBranchCRT(nn.Module):
     paper's Table 8 ("results of embedding computed from the first embedding branch"), or the
     concatenation with ``retrieval="concat"`` (an ensemble of both heads). ``output=`` overrides
     the mode: ``"both"``, ``"branch1"``, ``"branch2"``, ``"concat"`` (= ``"both"``).
+    ``forward(x, return_maps=True)`` returns ``(f, maps)`` with ``maps`` a
+    :class:`TwoBranchCRTMaps` (``maps.branch1``, ``maps.branch2``).
 
     Args:
         in_channels: ``C``.
@@ -383,10 +383,11 @@ class TwoBranchCRT(nn.Module):
         return F.normalize(f1, dim=1), F.normalize(f2, dim=1)
 
     def forward(self, x: torch.Tensor, return_maps: bool = False, output: str | None = None):
-        """Args: x ``(B, C, H, W)``; return_maps: also return ``[maps₁, maps₂]``; output: see
-        the class docstring (default: ``"both"`` in training, ``retrieval`` in eval).
+        """Args: x ``(B, C, H, W)``; return_maps: also return a :class:`TwoBranchCRTMaps`;
+        output: see the class docstring (default: ``"both"`` in training, ``retrieval`` in eval).
 
-        Returns: ``(B, D₁ + D₂)``, ``(B, D₁)`` or ``(B, D₂)`` (and the maps).
+        Returns: ``(B, D₁ + D₂)``, ``(B, D₁)`` or ``(B, D₂)``; with ``return_maps``
+        ``(f, TwoBranchCRTMaps)``.
         """
         if output is None:
             output = "both" if self.training else self.retrieval
@@ -396,7 +397,10 @@ class TwoBranchCRT(nn.Module):
         outs = [self.branches[i](x, return_maps=return_maps) for i in wanted]
         fs = [o[0] for o in outs] if return_maps else outs
         f = fs[0] if len(fs) == 1 else torch.cat(fs, dim=1) / math.sqrt(2)  # (B, D₁ + D₂)
-        return (f, [o[1] for o in outs]) if return_maps else f
+        if not return_maps:
+            return f
+        return f, TwoBranchCRTMaps(**{f"branch{i + 1}": o[1]
+                                      for i, o in zip(wanted, outs, strict=True)})
 
     def extra_repr(self) -> str:
         return f"retrieval={self.retrieval!r}, share_weights={self.share_weights}"
@@ -480,61 +484,4 @@ class CRTObjective(nn.Module):
 
 # ----------------------------------------------------------------------------- the notebook's set
 
-VARIANTS = {
-    "gap_linear": "GAP + linear (control)",
-    "gap_mlp": "GAP + MLP, as many parameters as crt (control)",
-    "crt": "CRT: K prototypes, L_DIV + λ₁ L_MS",
-    "crt_k1": "CRT with K = 1 (one perspective)",
-    "crt_no_residual": "CRT without the − c_k of eq. (1)",
-    "crt_no_div": "CRT without L_DIV",
-    "two_branch": "two CRT branches, λ₂ = 0",
-    "two_branch_con": "two CRT branches + λ₂ L_CON",
-}
 
-
-def build_variant(name: str, in_channels: int, metric_loss: nn.Module, *,
-                  num_prototypes: int = 8, embedding_dim: int = 64,
-                  branch_prototypes: tuple[int, int] = (8, 16),
-                  branch_dims: tuple[int, int] = (64, 128),
-                  branch_metric_weights: tuple[float, float] = (1.0, 0.1),
-                  consistency_weight: float = 0.9, consistency_reduction: str = "sum",
-                  seed: int = 0) -> tuple[nn.Module, nn.Module]:
-    """One head of :data:`VARIANTS` and its training loss (notebook 04's matched set).
-
-    Every single-branch head embeds into the same ``D = embedding_dim``; the two-branch heads
-    retrieve with branch 1 (``D₁ = branch_dims[0]``), so ρ is compared at equal D. ``gap_mlp``
-    gets the hidden width that matches ``crt``'s parameter count (:func:`matched_hidden`).
-
-    Args:
-        name: a key of :data:`VARIANTS`.
-        in_channels: ``C`` of the feature maps.
-        metric_loss: the metric loss (copied for each head), e.g. multi-similarity.
-        num_prototypes, embedding_dim: ``K`` and ``D`` of the single-branch heads.
-        branch_prototypes, branch_dims: ``(K₁, K₂)`` and ``(D₁, D₂)`` of the two-branch heads.
-        branch_metric_weights: λ₁ per branch (paper, CUB/Cars: 1.0 and 0.1).
-        consistency_weight: λ₂ of ``two_branch_con`` (paper: 0.9).
-        consistency_reduction: ``"sum"`` (eq. 5) or ``"mean"``.
-        seed: seeds the initial weights (``torch.manual_seed``).
-
-    Returns:
-        ``(model, loss)`` for :func:`dmlviz.train.fit`.
-    """
-    if name not in VARIANTS:
-        raise ValueError(f"name must be one of {tuple(VARIANTS)}, got {name!r}")
-    torch.manual_seed(seed)
-    ms = copy.deepcopy(metric_loss)
-    c, k, d = in_channels, num_prototypes, embedding_dim
-    if name == "gap_linear":
-        return GlobalPoolEmbedder(c, d), ms
-    if name == "gap_mlp":
-        target = count_parameters(CodedResidualTransform(c, k, d))
-        torch.manual_seed(seed)
-        return GlobalPoolEmbedder(c, d, hidden=matched_hidden(c, d, target)), ms
-    if name.startswith("crt"):
-        model = CodedResidualTransform(c, 1 if name == "crt_k1" else k, d,
-                                       subtract_prototype=name != "crt_no_residual")
-        return model, CRTObjective(model, ms, diversity_weight=float(name != "crt_no_div"))
-    model = TwoBranchCRT(c, tuple(branch_prototypes), tuple(branch_dims))
-    lam = consistency_weight if name == "two_branch_con" else 0.0
-    return model, CRTObjective(model, ms, metric_weight=tuple(branch_metric_weights),
-                               consistency_weight=lam, consistency_reduction=consistency_reduction)

@@ -22,7 +22,13 @@ Deep supervision (section 3.3): "we implement deep supervision before the residu
 connection": ``logits_i = Linear(GAP(x ⊙ f))`` — the *input* times the module's output ``f``,
 not ``O`` — trained with cross-entropy, ``L = L_F + λ Σ_i L_DS_i`` (eq. 18). Because ``f``
 does not pass through α, the branch trains q, k and v from the first step, while α = 0 still
-leaves the main branch unchanged (:meth:`CSALR.attend`, :class:`AttentionEmbedder`).
+leaves the main branch unchanged (:meth:`CSALR.attend`; the head and the loss are
+:class:`dmlviz.heads.PooledEmbedder` and :class:`dmlviz.losses.DeepSupervisedLoss`).
+
+Maps (the package's protocol): ``return_maps=True`` returns ``(output, maps)`` — a
+:class:`CSALRMaps` (``W (B, G, N, M)``, ``B (B, G, M, N)``) from :func:`csalr_attention` and
+:class:`CSALR`, a :class:`SelfAttentionMaps` (``attention (B, G, N, N)``) from
+:class:`SelfAttention`. Landmark grids and patches come from :mod:`dmlviz.attention.landmarks`.
 
 Choices where the paper's text leaves one open (section numbers refer to the paper):
 
@@ -30,7 +36,7 @@ Choices where the paper's text leaves one open (section numbers refer to the pap
   patches; when ``H`` (or ``W``) is divisible by ``mh`` (``mw``) this is exactly
   ``avg_pool2d`` with kernel = stride = ``(H/mh, W/mw)``. When it is not, average pooling
   with kernel = stride = ``⌊H/mh⌋`` would drop the last rows/columns and give a different
-  ``M``; we instead use the patches of :func:`dmlviz.attention.nystrom.patches` — every
+  ``M``; we instead use the patches of :func:`dmlviz.attention.landmarks.patches` — every
   position in exactly one patch, patch sizes ``⌊H/mh⌋`` or ``⌈H/mh⌉`` (unlike
   ``adaptive_avg_pool2d``, whose windows overlap). An int ``landmarks`` is laid out as the
   grid closest to the map's aspect.
@@ -58,59 +64,50 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dmlviz.attention.landmarks import landmark_grid, patches
 from dmlviz.attention.nystrom import (
     INDICATOR_AT,
     INVERSES,
-    _grid,
     inverse_times,
     nystrom_softmax_attention,
-    patches,
 )
 from dmlviz.checks import check_feature_map, check_int
 
 __all__ = [
-    "ATTENTIONS",
     "CSALR",
-    "AttentionEmbedder",
-    "DeepSupervisedLoss",
+    "CSALRMaps",
     "SelfAttention",
-    "SupervisedEmbedding",
+    "SelfAttentionMaps",
     "csalr_attention",
-    "fit_attention_embedder",
-    "landmark_grid",
 ]
 
-ATTENTIONS = ("none", "sa", "csalr")
+
+# ----------------------------------------------------------------------------- maps
 
 
+class CSALRMaps(NamedTuple):
+    """What CSALR returns with ``return_maps=True``: the two factors of the compressed map.
 
-def landmark_grid(landmarks, size: tuple[int, int]) -> tuple[int, int]:
-    """The ``(mh, mw)`` pooling grid of ``landmarks`` on an ``H × W`` map.
+    Attributes:
+        W: ``(B, G, N, M)`` coefficients ``W = A_nm A_mm⁻¹`` (eq. 14; with the indicator
+            ``(A_nm + Pᵀ)(A_mm + I)⁻¹``, eqs. 15–16).
+        B: ``(B, G, M, N)`` landmark attention ``B = A_mn`` (eq. 13).
 
-    Args:
-        landmarks: ``M`` (laid out closest to the map's aspect) or ``(mh, mw)``.
-        size: ``(H, W)``.
-
-    Returns:
-        ``(mh, mw)`` with ``mh ≤ H`` and ``mw ≤ W``.
-
-    Raises:
-        ValueError: more landmarks than positions along a side, or an ``M`` with no grid.
+    ``W[b, g] @ B[b, g]`` is the reconstructed ``(N, N)`` attention map of group ``g``.
     """
-    h, w = size
-    if isinstance(landmarks, (tuple, list)):
-        if len(landmarks) != 2:
-            raise ValueError(f"landmarks must be an int M or a pair (mh, mw), got {landmarks!r}")
-        mh, mw = (check_int(v, f"landmarks[{i}]", 1) for i, v in enumerate(landmarks))
-        if mh > h or mw > w:
-            raise ValueError(f"landmarks=({mh}, {mw}) is larger than the {h}×{w} feature map: "
-                             f"need mh <= H = {h} and mw <= W = {w}")
-        return mh, mw
-    m = check_int(landmarks, "landmarks", 1)
-    if m > h * w:
-        raise ValueError(f"landmarks={m} is more than the N = {h}·{w} = {h * w} positions of "
-                         "the feature map")
-    return _grid(m, (h, w))
+
+    W: torch.Tensor
+    B: torch.Tensor
+
+
+class SelfAttentionMaps(NamedTuple):
+    """What :class:`SelfAttention` returns with ``return_maps=True``.
+
+    Attributes:
+        attention: ``(B, G, N, N)`` the exact map ``softmax_N(s q kᵀ)`` (eq. 1; row = query).
+    """
+
+    attention: torch.Tensor
 
 
 # ----------------------------------------------------------------------------- functional core
@@ -125,7 +122,7 @@ def csalr_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, landmarks
         q: ``(B, G, N, Cq)`` queries of ``G`` groups (heads).
         k: ``(B, G, N, Cq)`` keys.
         v: ``(B, G, N, Cv)`` values.
-        landmarks: ``M`` or ``(mh, mw)`` (see :func:`landmark_grid`).
+        landmarks: ``M`` or ``(mh, mw)`` (see :func:`dmlviz.attention.landmarks.landmark_grid`).
         size: ``(H, W)`` with ``H·W = N``.
         indicator: add the same-patch indicator to ``A_nm`` and ``A_mm`` (eqs. 15–16).
         indicator_at: ``"affinity"`` (the paper), ``"affinity_b"`` or ``"logit"`` (see
@@ -133,7 +130,8 @@ def csalr_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, landmarks
         scale: multiplies the logits.
         inverse: ``"auto"`` (``"solve"`` with the indicator, else ``"pinv"``), ``"solve"``,
             ``"pinv"`` or ``"iterative"``.
-        return_maps: also return ``W (B, G, N, M)`` and ``B (B, G, M, N)``.
+        return_maps: also return the factors, a :class:`CSALRMaps` with ``W (B, G, N, M)`` and
+            ``B (B, G, M, N)``.
 
     Without ``return_maps`` the output is computed as ``A_nm (A_mm⁻¹ (B v))`` (an ``M × Cv``
     solve; ``W`` is never formed), with them as ``W (B v)``; the two agree to rounding.
@@ -144,7 +142,7 @@ def csalr_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, landmarks
 
     Returns:
         ``out (B, G, N, Cv)`` with ``out = W (B v)`` — the ``N × N`` map is never formed —
-        and, if asked, ``(W, B)``.
+        or, with ``return_maps``, ``(out, CSALRMaps(W, B))``.
     """
     for t, name in ((q, "q"), (k, "k"), (v, "v")):
         if not torch.is_tensor(t) or t.ndim != 4 or not t.is_floating_point():
@@ -188,7 +186,7 @@ def csalr_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, landmarks
     w = f.w.reshape(b, g, n, -1).to(v.dtype)  # (B, G, N, M)
     bm = f.b.reshape(b, g, -1, n).to(v.dtype)  # (B, G, M, N)
     out = w @ (bm @ v)  # (B, G, N, Cv)   eq. (17), W (B V)
-    return (out, w, bm) if return_maps else out
+    return out, CSALRMaps(W=w, B=bm)
 
 
 # ----------------------------------------------------------------------------- modules
@@ -289,37 +287,39 @@ class CSALR(_Projections):
 
         Args:
             x: ``(B, C, H, W)`` feature map.
-            return_maps: also return ``W (B, G, N, M)`` and ``B (B, G, M, N)``.
+            return_maps: also return the factors (:class:`CSALRMaps`).
 
         Returns:
-            ``O (B, C, H, W)`` = ``x + α · fuse(W (B v))``, and with ``return_maps`` the
-            tuple ``(O, W, B)``; ``W[b, g] @ B[b, g]`` is the reconstructed map.
+            ``O (B, C, H, W)`` = ``x + α · fuse(W (B v))``, and with ``return_maps``
+            ``(O, CSALRMaps(W, B))``: ``W (B, G, N, M)``, ``B (B, G, M, N)``;
+            ``W[b, g] @ B[b, g]`` is the reconstructed map.
         """
-        f, w, bm = self.attend(x, return_maps=True)  # (B, C, H, W), the module's output
+        f, maps = self.attend(x, return_maps=True)  # (B, C, H, W), the module's output
         y = x + self.alpha * f  # (B, C, H, W) eq. (17)
-        return (y, w, bm) if return_maps else y
+        return (y, maps) if return_maps else y
 
     def attend(self, x: torch.Tensor, return_maps: bool = False):
         """The CSALR module's output before the residual: ``f = fuse(W (B v))``.
 
         Args:
             x: ``(B, C, H, W)`` feature map.
-            return_maps: also return ``W (B, G, N, M)`` and ``B (B, G, M, N)``.
+            return_maps: also return the factors (:class:`CSALRMaps`).
 
         Returns:
-            ``f (B, C, H, W)`` (``forward`` gives ``x + α f``), with ``return_maps`` ``(f, W, B)``.
+            ``f (B, C, H, W)`` (``forward`` gives ``x + α f``), with ``return_maps``
+            ``(f, CSALRMaps(W, B))``.
         """
         q, k, v = self.qkv(x)  # (B, G, N, Cq/G), (B, G, N, Cq/G), (B, G, N, C/G)
-        out, w, bm = csalr_attention(q, k, v, self.landmarks, size=tuple(x.shape[2:]),
-                                     indicator=self.indicator, indicator_at=self.indicator_at,
-                                     scale=self.scale, inverse=self.inverse, return_maps=True)
+        out, maps = csalr_attention(q, k, v, self.landmarks, size=tuple(x.shape[2:]),
+                                    indicator=self.indicator, indicator_at=self.indicator_at,
+                                    scale=self.scale, inverse=self.inverse, return_maps=True)
         f = self.merge(x, out)  # (B, C, H, W)
-        return (f, w, bm) if return_maps else f
+        return (f, maps) if return_maps else f
 
     def reconstruction(self, x: torch.Tensor) -> torch.Tensor:
         """The reconstructed maps ``W B``: ``(B, G, N, N)`` (for figures; builds N × N)."""
-        _, w, bm = self.forward(x, return_maps=True)
-        return w @ bm  # (B, G, N, N)
+        _, maps = self.forward(x, return_maps=True)
+        return maps.W @ maps.B  # (B, G, N, N)
 
     def extra_repr(self) -> str:
         return (f"{self._extra()}, landmarks={self.landmarks}, indicator={self.indicator}, "
@@ -342,163 +342,19 @@ class SelfAttention(_Projections):
 
     def forward(self, x: torch.Tensor, return_maps: bool = False):
         """Args: x ``(B, C, H, W)``. Returns: ``O (B, C, H, W)``, and with
-        ``return_maps=True`` also the attention ``(B, G, N, N)`` (row = query position)."""
-        f, a = self.attend(x, return_maps=True)
+        ``return_maps=True`` ``(O, SelfAttentionMaps(attention))``, attention
+        ``(B, G, N, N)`` (row = query position)."""
+        f, maps = self.attend(x, return_maps=True)
         y = x + self.alpha * f  # (B, C, H, W) eq. (2)
-        return (y, a) if return_maps else y
+        return (y, maps) if return_maps else y
 
     def attend(self, x: torch.Tensor, return_maps: bool = False):
         """The SA module's output before the residual, ``f = fuse(A v)`` ``(B, C, H, W)``,
-        and with ``return_maps`` also ``A (B, G, N, N)``."""
+        and with ``return_maps`` ``(f, SelfAttentionMaps(attention))``, ``A (B, G, N, N)``."""
         q, k, v = self.qkv(x)
         a = torch.softmax(self.scale * q @ k.transpose(-1, -2), dim=-1)  # (B, G, N, N) eq. (1)
         f = self.merge(x, a @ v)  # (B, C, H, W)
-        return (f, a) if return_maps else f
+        return (f, SelfAttentionMaps(attention=a)) if return_maps else f
 
     def extra_repr(self) -> str:
         return self._extra()
-
-
-# ----------------------------------------------------------------------------- deep supervision
-
-class SupervisedEmbedding(NamedTuple):
-    """What :class:`AttentionEmbedder` returns in training mode with deep supervision.
-
-    Attributes:
-        embeddings: ``(B, D)``.
-        logits: ``(B, num_classes)`` of the deep-supervision head, or a tuple of such
-            tensors, one per deep-supervision branch (one per attention module).
-    """
-
-    embeddings: torch.Tensor
-    logits: torch.Tensor
-
-
-class DeepSupervisedLoss(nn.Module):
-    """``L_sum = L_F + λ Σ_i CE(logits_i, labels)`` (eq. 18), one term per branch.
-
-    Called as ``loss(output, labels)`` where ``output`` is a :class:`SupervisedEmbedding`
-    (training with deep supervision) or plain ``(B, D)`` embeddings (then only the metric
-    loss), so it plugs into :func:`dmlviz.train.fit`.
-
-    Args:
-        metric: the metric loss, ``metric(embeddings, labels)``.
-        weight: λ ≥ 0.
-    """
-
-    def __init__(self, metric: nn.Module, weight: float = 1.0) -> None:
-        super().__init__()
-        if not isinstance(metric, nn.Module):
-            raise ValueError(f"metric must be an nn.Module loss, got {type(metric).__name__}")
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
-            raise ValueError(f"weight (λ) must be a number >= 0, got {weight!r}")
-        self.metric, self.weight = metric, float(weight)
-
-    def forward(self, output, labels: torch.Tensor) -> torch.Tensor:
-        if isinstance(output, SupervisedEmbedding):
-            branches = output.logits if isinstance(output.logits, (tuple, list)) else (output.logits,)
-            ds = sum(F.cross_entropy(logits, labels) for logits in branches)  # Σ_i L_DS_i
-            return self.metric(output.embeddings, labels) + self.weight * ds  # eq. (18)
-        return self.metric(output, labels)
-
-    def extra_repr(self) -> str:
-        return f"weight={self.weight}"
-
-
-class AttentionEmbedder(nn.Module):
-    """A DML head on frozen feature maps: attention block → GAP → linear → L2-normalise.
-
-    Args:
-        channels: ``C`` of the input map.
-        embedding_dim: ``D``.
-        attention: ``"none"`` (baseline), ``"sa"`` (:class:`SelfAttention`) or ``"csalr"``.
-        num_classes: training classes for the deep-supervision head
-            (``Linear(GAP(x ⊙ f))`` with ``f`` the attention module's output before the
-            residual, section 3.3); None: no deep supervision. Ignored with ``attention="none"``.
-        **attention_kwargs: ``qk_channels``, ``groups``, ``landmarks``, ``indicator``, …
-
-    In training mode with a deep-supervision head, ``forward`` returns a
-    :class:`SupervisedEmbedding`; in eval mode (and without the head) the embeddings.
-    """
-
-    def __init__(self, channels: int, embedding_dim: int, attention: str = "csalr", *,
-                 num_classes: int | None = None, **attention_kwargs) -> None:
-        super().__init__()
-        if attention not in ATTENTIONS:
-            raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
-        self.channels = check_int(channels, "channels", 1)
-        self.embedding_dim = check_int(embedding_dim, "embedding_dim", 1)
-        self.kind = attention
-        if attention == "none":
-            if attention_kwargs:
-                raise ValueError(f"attention='none' takes no attention arguments, got "
-                                 f"{sorted(attention_kwargs)}")
-            self.attention = nn.Identity()
-        elif attention == "sa":
-            self.attention = SelfAttention(channels, **attention_kwargs)
-        else:
-            self.attention = CSALR(channels, **attention_kwargs)
-        self.linear = nn.Linear(channels, embedding_dim)
-        self.classifier = (nn.Linear(channels, check_int(num_classes, "num_classes", 2))
-                           if num_classes is not None and attention != "none" else None)
-
-    def forward(self, x: torch.Tensor):
-        """Args: x ``(B, C, H, W)``. Returns: ``(B, D)`` unit embeddings, or a
-        :class:`SupervisedEmbedding` in training mode with deep supervision."""
-        check_feature_map(x, "x", self.channels, module=self)
-        if self.kind == "none":
-            y, f = x, None
-        else:
-            f = self.attention.attend(x)  # (B, C, H, W), the module's output before the residual
-            y = x + self.attention.alpha * f  # eq. (17) / (2)
-        e = F.normalize(self.linear(y.mean(dim=(2, 3))), dim=1)  # (B, D)
-        if self.classifier is not None and self.training:
-            # section 3.3: "deep supervision before the residual connection": x ⊙ f → GAP → FC
-            logits = self.classifier((x * f).mean(dim=(2, 3)))  # (B, classes)
-            return SupervisedEmbedding(e, logits)
-        return e
-
-    def extra_repr(self) -> str:
-        return (f"attention={self.kind!r}, embedding_dim={self.embedding_dim}, "
-                f"deep_supervision={self.classifier is not None}")
-
-
-def fit_attention_embedder(train_maps: torch.Tensor, train_labels: torch.Tensor,
-                           test_maps: torch.Tensor, test_labels: torch.Tensor, *,
-                           attention: str = "csalr", embedding_dim: int = 64,
-                           deep_supervision: float = 1.0, seed: int = 0, epochs: int = 10,
-                           p: int = 8, k: int = 4, lr: float = 1e-3, eval_every: int = 1,
-                           device: str | torch.device = "auto", progress: bool = False,
-                           **attention_kwargs):
-    """Build an :class:`AttentionEmbedder` from ``seed`` and train it with MS loss (+ λ CE).
-
-    Args:
-        train_maps: ``(N, C, H, W)`` frozen feature maps of the training classes.
-        train_labels: ``(N,)`` class ids in ``[0, classes)``.
-        test_maps, test_labels: the unseen classes, for the metrics.
-        attention: ``"none"``, ``"sa"`` or ``"csalr"``.
-        embedding_dim: ``D``.
-        deep_supervision: λ of eq. (18); 0 turns the head off.
-        seed, epochs, p, k, lr, eval_every, device, progress: as for :func:`dmlviz.train.fit`.
-        **attention_kwargs: passed to the attention block.
-
-    Returns:
-        ``(model, history)`` (model in eval mode).
-    """
-    from dmlviz.checks import check_labels
-    from dmlviz.losses import MultiSimilarityLoss
-    from dmlviz.train import fit
-    from dmlviz.utils import seed_everything
-
-    train_labels = check_labels(train_labels, "train_labels")
-    classes = int(train_labels.max()) + 1
-    seed_everything(seed)
-    model = AttentionEmbedder(train_maps.shape[1], embedding_dim, attention,
-                              num_classes=classes if deep_supervision > 0 else None,
-                              **attention_kwargs)
-    loss = DeepSupervisedLoss(MultiSimilarityLoss(), deep_supervision)
-    history = fit(model, loss, train_maps, train_labels, test_inputs=test_maps,
-                  test_labels=test_labels, epochs=epochs, p=p, k=k, lr=lr,
-                  eval_every=eval_every, seed=seed,
-                  device=device, progress=progress)
-    return model, history

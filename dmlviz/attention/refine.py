@@ -27,11 +27,11 @@ trained with the multi-similarity loss on ``e^T``::
 Inference (Alg. 2): embed the gallery, find each item's K neighbours in it
 (:func:`dmlviz.metrics.knn`, chunked, CPU or GPU), refine every item, and retrieve with the
 refined embeddings ``e^T``. A query/gallery protocol refines the queries with contexts from
-the gallery (``refine_embeddings(..., reference=gallery)``).
+the gallery (:func:`dmlviz.neighbours.refine_embeddings` with ``reference=gallery``).
 
 **Projecting each gallery row once.** The contexts are rows of one fixed gallery, so the
 keys ``W_K c`` and values ``W_V c`` of block t do not depend on the query.
-:func:`refine_embeddings` (and :meth:`NeighborRefiner.forward` given ``reference`` and
+:func:`dmlviz.neighbours.refine_embeddings` (and :meth:`NeighborRefiner.forward` given ``reference`` and
 ``indices``) projects each gallery row once per block and gathers the projected rows; the
 per-pair form (``context (B, K, D)``, projected again for every query) is the same formula
 and stays as the reference. For K = 8 the per-pair form spends 16 of its 18 row
@@ -60,6 +60,9 @@ and three controls that are not rows of the paper:
 * ``"nn_avg_ca"`` — the paper's neighbour average followed by the ``ca_only`` blocks: learned
   and it sees the neighbours, but weights them uniformly, never by attention.
 
+Maps (the package's protocol): ``NeighborRefiner(..., return_maps=True)`` returns
+``(output, maps)`` with ``maps`` a :class:`RefinerMaps` (``attention (B, T, H, K)``).
+
 Interpretations (where the text leaves a choice open; each is shown in notebook 06):
 
 * ``W_O`` of every block is zero-initialised (``zero_init=True``): the untrained refiner is
@@ -74,37 +77,35 @@ Interpretations (where the text leaves a choice open; each is shown in notebook 
 * Multi-head attention with ``d_h = D/H`` in the softmax (eq. 2 writes one head and √d).
   No LayerNorm or feed-forward sub-layer: eq. (2) is attention plus ``W_O``.
 * Training contexts are the neighbours among the *training* embeddings (self excluded,
-  Alg. 1) unless ``fit_refiner(contexts=...)`` passes others (e.g.
-  :func:`purity_matched_contexts`); test contexts are the neighbours in the test gallery.
+  Alg. 1) unless ``dmlviz.heads.train_refiner(contexts=...)`` passes others (e.g.
+  :func:`dmlviz.neighbours.purity_matched_contexts`); test contexts are the neighbours in the test gallery.
 """
 
 from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dmlviz.checks import as_tensor, check_embeddings, check_finite, check_int, check_labels
+from dmlviz.checks import check_finite, check_int, check_labels
 
 __all__ = [
     "PARAMETER_FREE",
     "VARIANTS",
     "CrossAttentionBlock",
     "NeighborRefiner",
+    "RefinerMaps",
     "attention_on_same_class",
-    "build_contexts",
     "cross_attention",
-    "fit_refiner",
     "flush_denormals",
     "neighbour_average",
     "neighbour_softmax",
     "neighbourhood_purity",
     "parameter_free",
-    "purity_matched_contexts",
-    "refine_embeddings",
 ]
 
 VARIANTS = ("full", "ca_only", "nn_avg", "nn_half", "nn_softmax", "nn_avg_ca")
@@ -264,7 +265,7 @@ def neighbourhood_purity(indices: torch.Tensor, labels: torch.Tensor,
     """Fraction of each query's K neighbours that share its class.
 
     Args:
-        indices: ``(N, K)`` neighbour indices (from :func:`build_contexts`).
+        indices: ``(N, K)`` neighbour indices (from :func:`dmlviz.neighbours.build_contexts`).
         labels: ``(N,)`` labels of the queries.
         reference_labels: ``(R,)`` labels of the searched set (default ``labels``).
 
@@ -285,7 +286,8 @@ def attention_on_same_class(weights: torch.Tensor, indices: torch.Tensor, labels
     weights would give.
 
     Args:
-        weights: ``(N, T, H, K)`` attention of :meth:`NeighborRefiner.forward` (``return_maps``).
+        weights: ``(N, T, H, K)`` attention of :meth:`NeighborRefiner.forward`
+            (``RefinerMaps.attention`` of ``return_maps=True``).
         indices: ``(N, K)`` the neighbours' rows in the searched set.
         labels: ``(N,)`` query labels.
         reference_labels: ``(R,)`` labels of the searched set (default ``labels``).
@@ -353,6 +355,18 @@ class CrossAttentionBlock(nn.Module):
         return f"dim={self.dim}, num_heads={self.num_heads}, scale=sqrt(dim) in, 1/sqrt(dim) out"
 
 
+class RefinerMaps(NamedTuple):
+    """What :class:`NeighborRefiner` returns with ``return_maps=True``.
+
+    Attributes:
+        attention: ``(B, T, H, K)`` the softmax weights ``a_j`` of eq. (2) of every block
+            ``t`` and head ``h`` over the K neighbours (summing to 1 over K; K = 1 for
+            ``"ca_only"`` and ``"nn_avg_ca"``, whose context is the query itself).
+    """
+
+    attention: torch.Tensor
+
+
 class NeighborRefiner(nn.Module):
     """T cross-attention blocks refining an embedding with its neighbours (eqs. 2–3, Alg. 2).
 
@@ -363,6 +377,9 @@ class NeighborRefiner(nn.Module):
         variant: one of :data:`VARIANTS` with parameters: ``"full"``, ``"ca_only"`` or
             ``"nn_avg_ca"`` (the parameter-free ones: :func:`parameter_free`).
         zero_init: zero-initialise every ``W_O`` (the untrained refiner is the identity).
+
+    ``forward(e0, context, return_maps=True)`` returns ``(e^T, maps)`` with ``maps`` a
+    :class:`RefinerMaps` (``maps.attention`` ``(B, T, H, K)``).
     """
 
     def __init__(self, dim: int, num_blocks: int = 8, num_heads: int = 8, *,
@@ -394,12 +411,14 @@ class NeighborRefiner(nn.Module):
                 once per gallery row and block and gathered — the same formula, fewer
                 multiplications when the queries share neighbours.
             return_all: return every step ``e⁰ … e^T`` instead of ``e^T`` only.
-            return_maps: also return the attention weights over the neighbours.
+            return_maps: also return a :class:`RefinerMaps`, the attention weights over
+                the neighbours.
 
         Returns:
             ``e^T (B, D)``, or ``(B, T+1, D)`` with ``return_all`` (index 0 is the block
             input: ``ê⁰``, or for ``"nn_avg_ca"`` the neighbour average); with ``return_maps``
-            a pair ``(that, weights (B, T, H, K))`` (K = 1 for ``"ca_only"``/``"nn_avg_ca"``).
+            a pair ``(that, RefinerMaps)``, ``RefinerMaps.attention`` ``(B, T, H, K)``
+            (K = 1 for ``"ca_only"``/``"nn_avg_ca"``).
         """
         indexed = reference is not None or indices is not None
         if indexed:
@@ -435,7 +454,7 @@ class NeighborRefiner(nn.Module):
             maps.append(weights)
         out = torch.stack(steps, dim=1) if return_all else e  # (B, T+1, D) | (B, D)
         if return_maps:
-            return out, torch.stack(maps, dim=1)  # (B, T, H, K)
+            return out, RefinerMaps(attention=torch.stack(maps, dim=1))  # (B, T, H, K)
         return out
 
     @torch.no_grad()
@@ -483,320 +502,4 @@ class NeighborRefiner(nn.Module):
 
 # ----------------------------------------------------------------------------- contexts, Alg. 1–2
 
-def build_contexts(embeddings: torch.Tensor, k: int, reference: torch.Tensor | None = None,
-                   *, chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-    """The kNN context of every embedding (Alg. 1–2 line "Precompute k nearest neighbors").
 
-    Args:
-        embeddings: ``(N, D)`` initial embeddings (tensor or array; CPU or GPU).
-        k: neighbours per context, ``1 ≤ k ≤ N − 1`` (or ``≤ R`` with a ``reference``).
-        reference: ``(R, D)`` gallery to search instead of ``embeddings`` itself (then no
-            row is excluded); None searches ``embeddings`` with each row's self excluded.
-        chunk_size: queries per similarity block.
-
-    Returns:
-        ``(contexts (N, K, D), indices (N, K))``: the neighbours' L2-normalised embeddings,
-        nearest first, and their row indices into the searched set.
-    """
-    from dmlviz.metrics import knn
-
-    embeddings = as_tensor(embeddings, "embeddings")
-    check_embeddings(embeddings)
-    gallery = embeddings if reference is None else as_tensor(reference, "reference")
-    if reference is not None:
-        check_embeddings(gallery, name="reference")
-    n_ref = len(gallery) - (1 if reference is None else 0)
-    if isinstance(k, int) and not isinstance(k, bool) and not 1 <= k <= n_ref:
-        what = "N − 1 (the other embeddings)" if reference is None else "R (the reference rows)"
-        raise ValueError(f"k must be in [1, {n_ref}] = [1, {what}], got k = {k}")
-    _, idx = knn(embeddings, None if reference is None else gallery, k=k,
-                 exclude_self=True, chunk_size=chunk_size)  # (N, K)
-    contexts = F.normalize(gallery, dim=-1)[idx]  # (N, K, D)
-    return contexts, idx
-
-
-def purity_matched_contexts(embeddings: torch.Tensor, labels: torch.Tensor, k: int,
-                            same_counts, *, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training contexts as impure as given ones: m same-class and K − m other neighbours.
-
-    For every query a count ``m`` is drawn (seeded, with replacement) from ``same_counts`` —
-    e.g. the same-class counts of the *test* contexts — capped at the query's class size − 1;
-    its context is then its ``m`` nearest same-class rows and its ``K − m`` nearest rows of
-    other classes (self excluded), nearest first. The purity distribution of the result is
-    that of ``same_counts``, so a refiner trained on it meets test-like contexts.
-
-    Args:
-        embeddings: ``(N, D)`` training embeddings.
-        labels: ``(N,)`` their labels.
-        k: neighbours per context.
-        same_counts: ``(M,)`` integers in [0, K] to draw from.
-        seed: seeds the draw.
-
-    Returns:
-        ``(contexts (N, K, D), indices (N, K))`` as :func:`build_contexts`.
-    """
-    embeddings = as_tensor(embeddings, "embeddings").float()
-    labels = check_labels(labels, "labels")
-    check_embeddings(embeddings, labels)
-    k = check_int(k, "k", 1)
-    counts = torch.as_tensor(same_counts).long().flatten()
-    if counts.numel() == 0 or int(counts.min()) < 0 or int(counts.max()) > k:
-        raise ValueError(f"same_counts must be non-empty integers in [0, k = {k}], got "
-                         f"{counts.numel()} values in [{counts.min() if counts.numel() else ''}, "
-                         f"{counts.max() if counts.numel() else ''}]")
-    n = len(embeddings)
-    class_size = (labels[:, None] == labels[None, :]).sum(1)  # (N,)
-    if int((n - class_size).min()) < k:
-        raise ValueError(f"k = {k} exceeds the rows outside some query's class "
-                         f"({int((n - class_size).min())}); pass a smaller k")
-    g = torch.Generator().manual_seed(int(seed))
-    m = counts[torch.randint(0, len(counts), (n,), generator=g)]  # (N,) drawn same-class counts
-    m = torch.minimum(m, class_size - 1)
-    x = F.normalize(embeddings, dim=-1)
-    sim = x @ x.T  # (N, N)
-    sim.fill_diagonal_(-float("inf"))  # self excluded
-    same = labels[:, None] == labels[None, :]
-    s_same = sim.masked_fill(~same, -float("inf")).topk(k, dim=1)  # nearest same-class
-    s_other = sim.masked_fill(same, -float("inf")).topk(k, dim=1)  # nearest other-class
-    take_same = torch.arange(k)[None, :] < m[:, None]  # (N, K) first m of the same-class list
-    take_other = torch.arange(k)[None, :] < (k - m)[:, None]
-    cand_idx = torch.cat([s_same.indices, s_other.indices], dim=1)  # (N, 2K)
-    cand_sim = torch.cat([s_same.values.masked_fill(~take_same, -float("inf")),
-                          s_other.values.masked_fill(~take_other, -float("inf"))], dim=1)
-    order = cand_sim.topk(k, dim=1).indices  # (N, K) the chosen K, nearest first
-    idx = cand_idx.gather(1, order)
-    return x[idx], idx
-
-
-def _check_k(k, n_ref: int, what: str) -> None:
-    if isinstance(k, int) and not isinstance(k, bool) and not 1 <= k <= n_ref:
-        raise ValueError(f"k must be in [1, {n_ref}] = [1, {what}], got k = {k}")
-
-
-@torch.no_grad()
-def refine_embeddings(refiner: nn.Module | str, embeddings: torch.Tensor, k: int, *,
-                      reference: torch.Tensor | None = None, batch_size: int = 4096,
-                      device: str | torch.device = "auto", return_all: bool = False,
-                      chunk_size: int = 1024, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Alg. 2: refine embeddings with their kNN contexts, batched.
-
-    The neighbour indices come from :func:`dmlviz.metrics.knn`; for ``variant="full"`` each
-    block projects every gallery row to its key and value once and gathers them per query
-    (module docstring), so the cost per block is ``O((N + R)·D²)`` instead of ``O(N·K·D²)``.
-
-    Two protocols:
-
-    * ``reference=None`` (Alg. 2): the gallery refines itself; contexts are each row's K
-      nearest *other* rows of ``embeddings``.
-    * ``reference=G`` (a query/gallery split): the queries ``embeddings`` are refined with
-      contexts among the gallery rows ``G`` (none excluded). Refine the gallery itself with
-      ``reference=None`` and retrieve refined queries against the refined gallery.
-
-    Args:
-        refiner: a trained :class:`NeighborRefiner`, or one of :data:`PARAMETER_FREE`
-            (``"nn_avg"``, ``"nn_half"``, ``"nn_softmax"``; :func:`parameter_free`).
-        embeddings: ``(N, D)`` initial embeddings to refine.
-        k: neighbours per context (the value the refiner was trained with).
-        reference: ``(R, D)`` gallery the contexts come from, or None (``embeddings``).
-        batch_size: queries refined at once.
-        device: where to run (``"auto"``, ``"cpu"``, ``"cuda"``).
-        return_all: return every step ``(N, T+1, D)`` instead of ``e^T (N, D)``.
-        chunk_size: queries per kNN similarity block.
-        dtype: run the kNN search and the refiner in this dtype (e.g. ``torch.bfloat16`` on
-            a GPU); None keeps float32. In bf16 near-tied neighbours may swap places.
-
-    Returns:
-        Refined unit embeddings (float32) on the CPU, ``(N, D)`` or ``(N, T+1, D)``.
-    """
-    from dmlviz.metrics import knn
-    from dmlviz.utils import get_device
-
-    device = get_device(device)
-    embeddings = as_tensor(embeddings, "embeddings")
-    check_embeddings(embeddings)
-    batch_size = check_int(batch_size, "batch_size", 1)
-    if reference is None:
-        _check_k(k, len(embeddings) - 1, "N − 1")
-    else:
-        reference = as_tensor(reference, "reference")
-        check_embeddings(reference, name="reference")
-        if reference.shape[1] != embeddings.shape[1]:
-            raise ValueError(f"reference must have D = {embeddings.shape[1]} as embeddings, got "
-                             f"shape {tuple(reference.shape)}")
-        _check_k(k, len(reference), "R (the reference rows)")
-    if isinstance(refiner, str):
-        if refiner not in PARAMETER_FREE:
-            raise ValueError(f"refiner must be a NeighborRefiner or one of {PARAMETER_FREE}, "
-                             f"got {refiner!r}")
-        if return_all:
-            raise ValueError(f"return_all needs a NeighborRefiner ({refiner!r} has a single step)")
-        model = None
-    else:
-        model = refiner.to(device)
-        was_training = model.training
-        param_dtype = next(model.parameters()).dtype
-        model.eval()
-    queries = F.normalize(embeddings.to(device).float(), dim=-1)  # (N, D)
-    gallery = queries if reference is None else F.normalize(reference.to(device).float(), dim=-1)
-    if dtype is not None:
-        queries, gallery = queries.to(dtype), (gallery.to(dtype) if reference is not None
-                                               else queries.to(dtype))
-        if model is not None:
-            model = model.to(dtype)
-    _, idx = knn(queries, None if reference is None else gallery, k=k, exclude_self=True,
-                 chunk_size=chunk_size)  # (N, K)
-    if model is not None and model.variant == "full":
-        refined = model.refine_gallery(queries, gallery, idx, batch_size=batch_size,
-                                       return_all=return_all)  # K/V once per gallery row
-        result = refined.float().cpu()
-    else:
-        out = []
-        for b in (slice(s, s + batch_size) for s in range(0, len(queries), batch_size)):
-            context = None if (model is not None and model.variant == "ca_only") else gallery[idx[b]]
-            refined = (parameter_free(refiner, queries[b], context) if model is None
-                       else model(queries[b], context, return_all=return_all))
-            out.append(refined.float().cpu())
-        result = torch.cat(out)
-    if model is not None:
-        model.to(param_dtype).train(was_training)
-    return result
-
-
-def fit_refiner(
-    embeddings: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    k: int = 8,
-    num_blocks: int = 8,
-    num_heads: int = 8,
-    variant: str = "full",
-    contexts: torch.Tensor | None = None,
-    early_stopping: float | None = None,
-    test_embeddings: torch.Tensor | None = None,
-    test_labels: torch.Tensor | None = None,
-    epochs: int = 20,
-    p: int = 8,
-    per_class: int = 4,
-    lr: float = 1e-3,
-    eval_every: int = 5,
-    seed: int = 0,
-    device: str | torch.device = "auto",
-    cache: bool = True,
-    progress: bool = True,
-):
-    """Alg. 1: train a :class:`NeighborRefiner` with the MS loss on ``e^T`` (eq. 4).
-
-    Eq. (4) as printed has ``log Σ exp(·)`` with no ``1 +`` inside the logarithms; this uses
-    :class:`dmlviz.losses.MultiSimilarityLoss`, Wang et al.'s form with ``log(1 + Σ exp(·))``
-    (the loss the paper cites), so a batch whose terms all vanish gives 0, not −∞.
-
-    The base model is frozen: its training-set embeddings and their kNN contexts (self
-    excluded, :func:`build_contexts`) are computed once and packed as the pair of inputs
-    ``(e⁰, C)`` that :func:`dmlviz.train.fit` indexes together and passes as
-    ``refiner(e⁰, C)`` — the same P×K loop, optimiser and checkpoint cache as every model.
-    Denormal floats are flushed to zero while it trains (:func:`flush_denormals`; the
-    previous setting is restored).
-
-    Args:
-        embeddings: ``(N, D)`` initial training embeddings.
-        labels: ``(N,)`` training labels.
-        k: neighbours per context.
-        num_blocks, num_heads, variant: see :class:`NeighborRefiner`.
-        contexts: ``(N, K, D)`` training contexts to use instead of the kNN ones (e.g.
-            :func:`purity_matched_contexts`); None builds them.
-        early_stopping: held-out classes to stop on — a pair ``(embeddings, labels)`` (best
-            when the base model never saw them either), or a fraction of the training
-            *classes* (seeded choice) taken out of ``embeddings``. The refiner trains on the
-            rest for up to ``epochs`` epochs, Recall@1 on the held-out classes (contexts from
-            their own rows, as a test gallery) is measured after every epoch, and the returned
-            refiner is the one after the earliest best epoch ≥ 1 (retrained to it; training is
-            deterministic). Its ``trained_epochs`` attribute says which.
-        test_embeddings, test_labels: unseen classes, contexts from their own gallery, for
-            the periodic Recall@K of :func:`dmlviz.train.fit` (optional; ignored with
-            ``early_stopping``).
-        epochs, p, lr, eval_every, seed, device, cache, progress: as in :func:`dmlviz.train.fit`.
-        per_class: samples per class in a P×K batch (``fit``'s ``k``).
-
-    Returns:
-        ``(refiner, history)``: the trained refiner (eval mode, ``trained_epochs`` set) and
-        its :class:`dmlviz.train.History` (with ``early_stopping``: of the run over all
-        epochs, ``metrics["recall@1"]`` on the held-out classes at ``eval_epochs``).
-    """
-    from dmlviz.losses import MultiSimilarityLoss
-    from dmlviz.train import fit
-    from dmlviz.utils import derive_seed
-
-    embeddings = as_tensor(embeddings, "embeddings").float()
-    labels = check_labels(labels, "labels")
-    check_embeddings(embeddings, labels)
-    if contexts is not None:
-        contexts = as_tensor(contexts, "contexts").float()
-        if contexts.ndim != 3 or contexts.shape[0] != len(embeddings) or contexts.shape[2] != \
-                embeddings.shape[1]:
-            raise ValueError(f"contexts must be (N, K, D) = ({len(embeddings)}, K, "
-                             f"{embeddings.shape[1]}) like embeddings, got {tuple(contexts.shape)}")
-        contexts = F.normalize(contexts, dim=-1)
-        k = contexts.shape[1]
-
-    def new_refiner():
-        torch.manual_seed(seed)
-        return NeighborRefiner(embeddings.shape[1], num_blocks, num_heads, variant=variant)
-
-    train_kw = dict(p=p, k=per_class, lr=lr, seed=seed, device=device, cache=cache,
-                    progress=progress)
-    with flush_denormals():
-        if early_stopping is None:
-            if contexts is None:
-                contexts, _ = build_contexts(embeddings, k)  # (N, K, D) Alg. 1: training contexts
-            test = {}
-            if test_embeddings is not None:
-                test_embeddings = as_tensor(test_embeddings, "test_embeddings").float()
-                test_contexts, _ = build_contexts(test_embeddings, k)  # (M, K, D)
-                test = {"test_inputs": (test_embeddings, test_contexts), "test_labels": test_labels}
-            refiner = new_refiner()
-            history = fit(refiner, MultiSimilarityLoss(), (embeddings, contexts), labels,  # eq. (4)
-                          epochs=epochs, eval_every=eval_every, **train_kw, **test)
-            refiner.trained_epochs = epochs
-            return refiner.cpu().eval(), history
-        if isinstance(early_stopping, (tuple, list)):  # held-out classes given
-            if len(early_stopping) != 2:
-                raise ValueError("early_stopping must be a fraction or a pair (embeddings, labels) "
-                                 f"of held-out classes, got a sequence of {len(early_stopping)}")
-            val_e = as_tensor(early_stopping[0], "early_stopping embeddings").float()
-            val_y = check_labels(early_stopping[1], "early_stopping labels")
-            check_embeddings(val_e, val_y, name="early_stopping embeddings")
-            fit_e, fit_y = embeddings, labels
-            fit_ctx = contexts if contexts is not None else build_contexts(embeddings, k)[0]
-        else:
-            if not 0.0 < float(early_stopping) < 1.0:
-                raise ValueError("early_stopping must be None, a fraction in (0, 1) or a pair "
-                                 f"(embeddings, labels), got {early_stopping}")
-            classes = labels.unique()
-            n_val = max(1, round(float(early_stopping) * len(classes)))
-            if len(classes) - n_val < 2:
-                raise ValueError(f"early_stopping = {early_stopping} leaves {len(classes) - n_val} "
-                                 f"of {len(classes)} training classes to train on; at least 2 are "
-                                 "needed")
-            g = torch.Generator().manual_seed(derive_seed(seed, 1))
-            held = classes[torch.randperm(len(classes), generator=g)[:n_val]]
-            val = torch.isin(labels, held)
-            fit_e, fit_y, val_e, val_y = embeddings[~val], labels[~val], embeddings[val], labels[val]
-            # the classes that train find their neighbours among themselves (no held-out rows)
-            fit_ctx = (contexts[~val] if contexts is not None
-                       else build_contexts(fit_e, k)[0])  # (N_fit, K, D)
-        val_ctx, _ = build_contexts(val_e, k)  # held-out classes: their own gallery
-        inputs = (fit_e, fit_ctx)
-        run = new_refiner()
-        history = fit(run, MultiSimilarityLoss(), inputs, fit_y, epochs=epochs, eval_every=1,
-                      test_inputs=(val_e, val_ctx), test_labels=val_y, **train_kw)
-        scores = history.metrics["recall@1"]  # at eval_epochs 0, 1, …, epochs
-        best = max(range(1, len(scores)), key=lambda i: (scores[i], -i))  # earliest best epoch ≥ 1
-        best_epoch = history.eval_epochs[best]
-        refiner = new_refiner()
-        if best_epoch == epochs:
-            refiner.load_state_dict(run.state_dict())
-        else:
-            fit(refiner, MultiSimilarityLoss(), inputs, fit_y, epochs=best_epoch,
-                eval_every=best_epoch, **train_kw)
-        refiner.trained_epochs = best_epoch
-        return refiner.cpu().eval(), history

@@ -14,7 +14,7 @@ Representations", WACV 2022, sections 3.1–3.4, eqs. (1)–(7).
 correlation), not a weight computed from one position alone (first-order attention such
 as a spatial mask or an SE block). A position can therefore gather evidence from any other
 position, however far away: the paper's Fig. 6 shows points on the *background* attending
-to the *object*. :func:`object_attention_mass` measures exactly that, with object masks.
+to the *object*. :func:`dmlviz.masks.object_attention_mass` measures exactly that, with object masks.
 
 **Multi-head embedder** (sections 3.2–3.3). The local head works on a stride-16 feature
 map (fine, small receptive fields), the global head on the stride-32 map (coarse,
@@ -37,6 +37,11 @@ checks the identity; :func:`intervene` replaces the attention at inference by it
 GAP unchanged too) or by uniform weights; ``order=1`` trains a first-order control with the
 same parameters (one pooled query per image).
 
+**Maps** (the package's protocol): ``return_maps=True`` returns ``(output, maps)`` — a
+:class:`SOAMaps` (``attention (B, N, N)``) from :class:`SecondOrderAttention`, a
+:class:`GlobalLocalMaps` (``local_attention``, ``global_attention``, ``single_attention``,
+each ``(B, N, N)`` of its own grid, or ``None``) from :class:`GlobalLocalEmbedder`.
+
 **Hybrid loss** (eq. 7): ``L = L_MS + λ L_PA`` with ``λ = 0.03``, the proxies trained with
 a 100× larger learning rate — :class:`dmlviz.losses.HybridLoss` and
 :func:`dmlviz.losses.parameter_groups`; :func:`dmlviz.train.fit` takes ``loss_lr``.
@@ -55,7 +60,7 @@ the usual one and say so:
   stride-16 map ``qᵀk`` spreads by ~75 within a row at initialisation); notebook 03 chooses ζ
   on a validation split of the training classes. ``zeta=0`` (uniform attention) is allowed.
 * Eq. (6) is printed with ``+σ`` in the negative term; Wang et al.'s MS loss has ``S − σ`` in
-  both. :func:`make_loss` takes ``eq6="standard"`` (``S − σ``, default) or ``"literal"``.
+  both. :func:`dmlviz.losses.make_loss` takes ``eq6="standard"`` (``S − σ``, default) or ``"literal"``.
 * "GAP + GMP" is the **sum** of the two poolings (as in the Proxy-Anchor authors' code),
   not their concatenation.
 * The concatenated embedding is L2-normalised (``normalize=True``); the losses normalise
@@ -70,31 +75,28 @@ the usual one and say so:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dmlviz.checks import check_feature_map, check_int
-from dmlviz.utils import derive_seed, get_device
+from dmlviz.utils import derive_seed, get_device, on_device
 
 __all__ = [
     "BRANCHES",
     "INTERVENTIONS",
-    "LOSSES",
     "ORDERS",
     "PAPER_SETTINGS",
     "GlobalLocalEmbedder",
+    "GlobalLocalMaps",
+    "SOAMaps",
     "SecondOrderAttention",
     "embed_intervened",
-    "epochs_to_converge",
-    "fit_global_local",
     "gap_decomposition",
     "gap_gmp",
     "intervene",
-    "local_global_maps",
-    "make_loss",
-    "object_attention_mass",
-    "object_fraction",
     "second_order_attention",
     "space_to_depth",
 ]
@@ -102,7 +104,6 @@ __all__ = [
 BRANCHES = ("both", "local", "global")
 ORDERS = (1, 2)
 INTERVENTIONS = ("none", "mean_row", "shuffle_rows", "uniform")
-
 
 
 # ----------------------------------------------------------------------------- functional core
@@ -156,64 +157,6 @@ def space_to_depth(x: torch.Tensor, block: int = 2) -> torch.Tensor:
     return F.pixel_unshuffle(x, block)
 
 
-def object_fraction(masks: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
-    """Fraction of object pixels in each cell of an ``H × W`` feature grid.
-
-    Args:
-        masks: ``(B, S, S)`` boolean (or 0/1 float) object masks of the images.
-        size: the feature map's ``(H, W)`` (or one int for a square map).
-
-    Returns:
-        ``(B, N)`` float in [0, 1], positions in the row-major order of a flattened map.
-    """
-    if not torch.is_tensor(masks) or masks.ndim != 3:
-        raise ValueError(f"masks must be a tensor (B, S, S), got "
-                         f"{tuple(masks.shape) if torch.is_tensor(masks) else type(masks).__name__}")
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    cells = F.adaptive_avg_pool2d(masks[:, None].float(), size)  # (B, 1, H, W)
-    return cells.flatten(1)  # (B, N)
-
-
-def object_attention_mass(attn: torch.Tensor, fraction: torch.Tensor,
-                          background_below: float = 1e-6,
-                          object_above: float = 0.5) -> dict[str, float]:
-    """How much attention background and object positions put on the object.
-
-    The attention mass of query ``i`` on the object is ``Σ_j a_ij m_j`` with ``m_j`` the
-    object fraction of cell ``j``. A uniform attention row would give the image's mean
-    object fraction — the chance level, computed per query and averaged over the same
-    queries, so the two numbers are directly comparable.
-
-    Args:
-        attn: ``(B, N, N)`` attention rows (each sums to 1), e.g. from ``return_maps=True``.
-        fraction: ``(B, N)`` object fraction per cell (:func:`object_fraction`).
-        background_below: a query is *background* when its cell's object fraction is
-            below this (default: no object pixel at all).
-        object_above: a query is *object* when its cell's object fraction exceeds this.
-
-    Returns:
-        ``{"background_to_object", "background_chance", "object_to_object",
-        "object_chance", "background_queries", "object_queries"}`` — means over all
-        queries of that kind in the batch, and how many there were.
-    """
-    if not torch.is_tensor(attn) or attn.ndim != 3 or attn.shape[1] != attn.shape[2]:
-        raise ValueError(f"attn must be a tensor (B, N, N), got "
-                         f"{tuple(attn.shape) if torch.is_tensor(attn) else type(attn).__name__}")
-    if not torch.is_tensor(fraction) or fraction.shape != attn.shape[:2]:
-        raise ValueError(f"fraction must be (B, N) = {tuple(attn.shape[:2])} to match attn, got "
-                         f"{tuple(fraction.shape) if torch.is_tensor(fraction) else type(fraction).__name__}")
-    m = fraction.to(attn.dtype)
-    mass = (attn @ m[..., None]).squeeze(-1)  # (B, N) Σ_j a_ij m_j
-    chance = m.mean(dim=1, keepdim=True).expand_as(m)  # (B, N) uniform attention
-    out = {}
-    for kind, mask in (("background", m < background_below), ("object", m > object_above)):
-        n = int(mask.sum())
-        out[f"{kind}_to_object"] = float(mass[mask].mean()) if n else float("nan")
-        out[f"{kind}_chance"] = float(chance[mask].mean()) if n else float("nan")
-        out[f"{kind}_queries"] = n
-    return out
-
-
 def intervene(attn: torch.Tensor, mode: str, generator: torch.Generator | None = None
               ) -> torch.Tensor:
     """Replace trained attention rows at inference, to ask which part of them is used.
@@ -260,8 +203,8 @@ def gap_decomposition(block: SecondOrderAttention, x: torch.Tensor) -> dict[str,
     """
     if not isinstance(block, SecondOrderAttention):
         raise ValueError(f"block must be a SecondOrderAttention, got {type(block).__name__}")
-    y, a = block(x, return_maps=True)  # (B, C, H, W), (B, N, N)
-    abar = a.mean(dim=1)  # (B, N) ā_j = 1/N Σ_i a_ij
+    y, maps = block(x, return_maps=True)  # (B, C, H, W), SOAMaps
+    abar = maps.attention.mean(dim=1)  # (B, N) ā_j = 1/N Σ_i a_ij
     v = block.value(x).flatten(2)  # (B, C', N)
     pooled = (v @ abar[..., None])[..., None]  # (B, C', 1, 1) Σ_j ā_j v_j
     rhs = x.mean(dim=(2, 3)) + block.phi(pooled).flatten(1)  # (B, C) GAP(f) + φ(Σ_j ā_j v_j)
@@ -269,6 +212,17 @@ def gap_decomposition(block: SecondOrderAttention, x: torch.Tensor) -> dict[str,
 
 
 # ----------------------------------------------------------------------------- modules
+
+class SOAMaps(NamedTuple):
+    """What :class:`SecondOrderAttention` returns with ``return_maps=True``.
+
+    Attributes:
+        attention: ``(B, N, N)`` the attention ``a`` of eq. (1) actually used (after
+            ``edit``), row ``i`` = query position ``i``, each row summing to 1.
+    """
+
+    attention: torch.Tensor
+
 
 class SecondOrderAttention(nn.Module):
     """Second-order attention block, eqs. (1)–(2): ``f_soa = f + φ(v · softmax(ζ qᵀk)ᵀ)``.
@@ -286,6 +240,9 @@ class SecondOrderAttention(nn.Module):
             position receives the same ``φ(Σ_j s_j v_j)``. Same modules, same parameters
             (exactly), but no query dependence. ``return_maps`` then gives ``s`` repeated
             for every query row.
+
+    ``forward(x, return_maps=True)`` returns ``(f_soa, maps)`` with ``maps`` a
+    :class:`SOAMaps`: ``maps.attention`` ``(B, N, N)``.
 
     Attributes:
         query, key, value: 1×1 convolutions ``C → C'``.
@@ -317,7 +274,8 @@ class SecondOrderAttention(nn.Module):
         """Args: x ``(B, C, H, W)``; ``edit``: optional function ``(B, N, N) → (B, N, N)``
         applied to the attention before it aggregates the values (an intervention, e.g.
         :func:`intervene`). Returns: ``f_soa (B, C, H, W)``, and with ``return_maps=True``
-        also the attention ``a (B, N, N)`` actually used (row = query position)."""
+        the pair ``(f_soa, SOAMaps)``: the attention ``a (B, N, N)`` actually used (row =
+        query position)."""
         check_feature_map(x, "x", self.channels, module=self)
         b, _, h, w = x.shape
         q, k, v = (conv(x).flatten(2) for conv in (self.query, self.key, self.value))  # (B, C', N)
@@ -333,11 +291,27 @@ class SecondOrderAttention(nn.Module):
                                  f"got {tuple(a.shape) if torch.is_tensor(a) else type(a).__name__}")
         out = v @ a.transpose(1, 2)  # (B, C', N) Σ_j a_ij v_j, eq. (2)
         y = x + self.phi(out.reshape(b, self.reduced, h, w))  # (B, C, H, W) eq. (2)
-        return (y, a) if return_maps else y
+        return (y, SOAMaps(attention=a)) if return_maps else y
 
     def extra_repr(self) -> str:
         extra = "" if self.order == 2 else f", order={self.order}"
         return f"channels={self.channels}, reduced={self.reduced}, zeta={self.zeta}{extra}"
+
+
+class GlobalLocalMaps(NamedTuple):
+    """What :class:`GlobalLocalEmbedder` returns with ``return_maps=True``: the attention
+    ``a`` of each SOA head (eq. 1), row = query position, or ``None`` for a head the model
+    does not have (every field is ``None`` with ``soa=False``).
+
+    Attributes:
+        local_attention: ``(B, N, N)`` of the local head, ``N = H·W`` of the stride-16 map.
+        global_attention: ``(B, N', N')`` of the global head (stride-32 map).
+        single_attention: ``(B, N', N')`` of the one head of ``single_head=True``.
+    """
+
+    local_attention: torch.Tensor | None = None
+    global_attention: torch.Tensor | None = None
+    single_attention: torch.Tensor | None = None
 
 
 class GlobalLocalEmbedder(nn.Module):
@@ -360,6 +334,9 @@ class GlobalLocalEmbedder(nn.Module):
         order: ``2`` (SOA, eq. 1) or ``1`` (the first-order control with the same
             parameters; see :class:`SecondOrderAttention`).
         normalize: L2-normalise the output embedding.
+
+    ``forward(local_map, global_map, return_maps=True)`` returns ``(e, maps)`` with ``maps``
+    a :class:`GlobalLocalMaps` (``maps.local_attention`` ``(B, N, N)``, …).
     """
 
     def __init__(self, local_channels: int, global_channels: int, embedding_dim: int, *,
@@ -419,12 +396,14 @@ class GlobalLocalEmbedder(nn.Module):
             local_map: ``(B, C_local, H, W)`` stride-16 features.
             global_map: ``(B, C_global, H', W')`` stride-32 features (ignored, but checked,
                 with ``branches="local"``; likewise ``local_map`` with ``"global"``).
-            return_maps: also return ``{head name: attention (B, N, N)}`` (empty without SOA).
+            return_maps: also return a :class:`GlobalLocalMaps`, each head's attention
+                ``(B, N, N)`` (all ``None`` without SOA).
             edit: optional ``(B, N, N) → (B, N, N)`` applied to every head's attention
                 before aggregation (:func:`intervene`; ignored without SOA).
 
         Returns:
-            ``(B, D)`` embeddings (unit norm with ``normalize=True``), and the maps if asked.
+            ``(B, D)`` embeddings (unit norm with ``normalize=True``); with ``return_maps``
+            the pair ``(e, GlobalLocalMaps)``.
         """
         maps, parts = {}, []
         for name, x in self._inputs(local_map, global_map).items():
@@ -432,196 +411,20 @@ class GlobalLocalEmbedder(nn.Module):
                 continue  # the branch left out by the local-only / global-only ablation
             head = self.heads[name]
             if self.soa:
-                x, maps[name] = head(x, return_maps=True, edit=edit)  # (B, C, H, W), (B, N, N)
+                x, soa_maps = head(x, return_maps=True, edit=edit)  # (B, C, H, W), SOAMaps
+                maps[f"{name}_attention"] = soa_maps.attention  # (B, N, N)
             parts.append(self.linears[name](gap_gmp(x)))  # (B, D/2) eq. (4)
         e = torch.cat(parts, dim=1)  # (B, D) [e_local ; e_global]
         if self.normalize:
             e = F.normalize(e, dim=1)
-        return (e, maps) if return_maps else e
+        return (e, GlobalLocalMaps(**maps)) if return_maps else e
 
     def extra_repr(self) -> str:
         return (f"embedding_dim={self.embedding_dim}, soa={self.soa}, "
                 f"single_head={self.single_head}, branches={self.branches!r}")
 
 
-# ----------------------------------------------------------------------------- features
-
-def local_global_maps(backbone: nn.Module, images: torch.Tensor, *,
-                      device: str | torch.device = "cpu", cache: bool = True,
-                      progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """The local (stride-16) and global (stride-32) EfficientNet-Lite0 maps, disk-cached.
-
-    The backbone runs once up to stride 16 (:func:`dmlviz.backbones.extract_features`);
-    the global map is then computed from the cached local map by the remaining blocks
-    (stride 16 → 32), also cached — half the cost of two full passes, same numbers.
-
-    Args:
-        backbone: an :class:`dmlviz.backbones.EfficientNetLite0` (frozen; eval mode).
-        images: ``(B, 3, S, S)`` prepared images (``backbone.prepare(...)``).
-        device, cache, progress: as for :func:`dmlviz.backbones.extract_features`.
-
-    Returns:
-        ``(local (B, 112, ⌈S/16⌉, ⌈S/16⌉), global (B, 320, ⌈S/32⌉, ⌈S/32⌉))`` on the CPU.
-    """
-    from dmlviz.backbones import EfficientNetLite0, extract_features
-
-    if not isinstance(backbone, EfficientNetLite0):
-        raise ValueError(f"backbone must be an EfficientNetLite0, got {type(backbone).__name__}")
-    local = extract_features(backbone, images, stride=16, device=device, cache=cache,
-                             progress=progress)  # (B, 112, S/16, S/16)
-    taps = backbone._taps  # {stride: index of the last block at that stride}
-    tail = nn.Sequential(*backbone._blocks[taps[16] + 1: taps[32] + 1])  # stride 16 → 32
-    tail.train(backbone.training)  # extract_features restores this mode on the shared blocks
-    glob = extract_features(tail, local, device=device, cache=cache,
-                            progress=progress)  # (B, 320, S/32, S/32)
-    return local, glob
-
-
 # ----------------------------------------------------------------------------- training recipe
-
-LOSSES = ("ms", "proxy_anchor", "hybrid")
-
-
-EQ6_READINGS = ("standard", "literal")
-
-#: The paper's settings (section 4.2, "Training", "Input Setting", "Hyperparameter Setting";
-#: section 4.1 for the validation split), for the table of notebook 03.
-PAPER_SETTINGS = {
-    "zeta": 1.0, "gamma": 2.0, "beta": 50.0, "sigma": 1.0, "alpha": 32.0, "delta": 0.1,
-    "weight": 0.03, "lr": 1e-4, "proxy_lr": 1e-2, "epochs": 20, "batch": 100,
-    "backbone": "ResNet-50 (ImageNet), fine-tuned", "input_size": 224,
-    "optimizer": "AdamW", "validation": "20 % of the training set",
-}
-
-
-def make_loss(name: str, num_classes: int, embedding_dim: int, weight: float = 0.03, *,
-              gamma: float = 2.0, beta: float = 50.0, sigma: float = 0.5,
-              eq6: str = "standard", alpha: float = 32.0, delta: float = 0.1) -> nn.Module:
-    """The three losses the paper compares (Figs. 1, 7), by name, with the paper's symbols.
-
-    Args:
-        name: ``"ms"`` (multi-similarity, eq. 6), ``"proxy_anchor"`` (eq. 5) or ``"hybrid"``
-            (eq. 7, ``L_MS + λ L_PA``).
-        num_classes: training classes ``C`` (one proxy each).
-        embedding_dim: ``D``.
-        weight: λ of the hybrid loss (paper: 0.03).
-        gamma, beta: γ and β of eq. (6) (paper: 2, 50).
-        sigma: σ of eq. (6), the MS ``base`` (paper: 1; default 0.5, Wang et al.'s and PML's
-            default — notebook 03 shows both).
-        eq6: ``"standard"``: ``e^{β(S_ik − σ)}`` in the negative term, as in Wang et al.;
-            ``"literal"``: ``e^{β(S_ik + σ)}``, as eq. (6) is printed.
-        alpha, delta: α and δ of eq. (5) (paper: 32, 0.1).
-    """
-    from dmlviz.losses import HybridLoss, MultiSimilarityLoss, ProxyAnchorLoss
-
-    if name not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {name!r}")
-    if eq6 not in EQ6_READINGS:
-        raise ValueError(f"eq6 must be one of {EQ6_READINGS}, got {eq6!r}")
-
-    def ms() -> nn.Module:
-        return MultiSimilarityLoss(gamma, beta, sigma,
-                                   negative_base=-sigma if eq6 == "literal" else None)  # eq. (6)
-
-    def pa() -> nn.Module:
-        return ProxyAnchorLoss(num_classes, embedding_dim, margin=delta, alpha=alpha)  # eq. (5)
-
-    if name == "ms":
-        return ms()
-    if name == "proxy_anchor":
-        return pa()
-    return HybridLoss(ms(), pa(), weight=weight)  # eq. (7)
-
-
-def epochs_to_converge(history, fraction: float = 0.9, metric: str = "recall@1") -> float:
-    """Epochs a run needs to make ``fraction`` of its gain in ``metric`` (Figs. 1, 7).
-
-    With ``m_t`` the metric after epoch ``t`` (``t = 0`` before training) and ``m* = max_t
-    m_t``, the first ``t`` with ``m_t − m_0 ≥ fraction · (m* − m_0)``, linearly interpolated
-    between evaluations (0 when training gains nothing).
-
-    Args:
-        history: a :class:`dmlviz.train.History` with ``eval_epochs`` starting at 0.
-        fraction: in (0, 1].
-        metric: the metric's name in ``history.metrics``.
-
-    Returns:
-        The epoch, a float.
-    """
-    if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
-    if metric not in history.metrics or not history.eval_epochs or history.eval_epochs[0] != 0:
-        raise ValueError(f"history must hold {metric!r} measured from epoch 0, got metrics "
-                         f"{sorted(history.metrics)} at epochs {history.eval_epochs[:3]}…")
-    t = [float(e) for e in history.eval_epochs]
-    m = [float(x) for x in history.metrics[metric]]
-    target = m[0] + fraction * (max(m) - m[0])
-    if max(m) <= m[0]:
-        return 0.0
-    for i in range(1, len(m)):
-        if m[i] >= target:
-            return t[i - 1] + (target - m[i - 1]) / (m[i] - m[i - 1]) * (t[i] - t[i - 1])
-    return t[-1]  # not reached (cannot happen: the maximum reaches it)
-
-
-def fit_global_local(train_maps: tuple[torch.Tensor, torch.Tensor], train_labels: torch.Tensor,
-                     test_maps: tuple[torch.Tensor, torch.Tensor], test_labels: torch.Tensor, *,
-                     loss: str = "hybrid", embedding_dim: int = 64, seed: int = 0,
-                     hybrid_weight: float = 0.03, epochs: int = 10, p: int = 8, k: int = 4,
-                     lr: float = 1e-3, proxy_lr: float = 1e-1, eval_every: int = 1,
-                     device: str | torch.device = "auto", progress: bool = False,
-                     loss_kwargs: dict | None = None, nmi: bool = False,
-                     **embedder_kwargs):
-    """Build a :class:`GlobalLocalEmbedder` from ``seed`` and train it on cached maps.
-
-    The model is initialised right after ``torch.manual_seed(seed)``, so two calls with the
-    same seed and head configuration start from the same weights whatever the loss — the
-    "same model, same seeds" of the loss comparison. Training is :func:`dmlviz.train.fit`
-    (P×K batches, AdamW, checkpoint cache) with the proxies on their own rate ``proxy_lr``.
-
-    Args:
-        train_maps: ``(local (N, C_l, H, W), global (N, C_g, H', W'))`` of the training images.
-        train_labels: ``(N,)`` class ids in ``[0, C)``.
-        test_maps, test_labels: the unseen classes, for Recall@K after every ``eval_every``
-            epochs.
-        loss: one of :data:`LOSSES`.
-        embedding_dim: ``D``.
-        seed: seeds the initial weights and the batch order.
-        hybrid_weight: λ of eq. (7).
-        epochs, p, k, lr, eval_every, device, progress: as for :func:`dmlviz.train.fit`.
-        proxy_lr: learning rate of the Proxy-Anchor proxies (the paper: 100× the network's).
-        loss_kwargs: the loss's hyper-parameters, passed to :func:`make_loss` (``gamma``,
-            ``beta``, ``sigma``, ``eq6``, ``alpha``, ``delta``).
-        nmi: also measure NMI (k-means) at every evaluation (slow; default off).
-        **embedder_kwargs: ``soa``, ``single_head``, ``branches``, ``reduced``, ``zeta``,
-            ``order``.
-
-    Returns:
-        ``(model, history)``: the trained model (eval mode) and its
-        :class:`dmlviz.train.History`.
-    """
-    from dmlviz.checks import check_labels
-    from dmlviz.train import fit
-    from dmlviz.utils import seed_everything
-
-    for maps, name in ((train_maps, "train_maps"), (test_maps, "test_maps")):
-        if not isinstance(maps, (tuple, list)) or len(maps) != 2:
-            raise ValueError(f"{name} must be a pair (local_map, global_map), got "
-                             f"{type(maps).__name__}")
-    train_labels = check_labels(train_labels, "train_labels")
-    if int(train_labels.min()) < 0:
-        raise ValueError(f"train_labels must be class ids >= 0, got min {int(train_labels.min())}")
-    num_classes = int(train_labels.max()) + 1
-    seed_everything(seed)
-    model = GlobalLocalEmbedder(train_maps[0].shape[1], train_maps[1].shape[1], embedding_dim,
-                                **embedder_kwargs)
-    criterion = make_loss(loss, num_classes, embedding_dim, hybrid_weight, **(loss_kwargs or {}))
-    history = fit(model, criterion, tuple(train_maps), train_labels,
-                  test_inputs=tuple(test_maps), test_labels=test_labels, epochs=epochs, p=p,
-                  k=k, lr=lr, loss_lr=proxy_lr, eval_every=eval_every, seed=seed,
-                  device=device, progress=progress,
-                  metric_kwargs=None if nmi else {"nmi": False})
-    return model, history
 
 
 @torch.no_grad()
@@ -647,13 +450,22 @@ def embed_intervened(model: GlobalLocalEmbedder, maps: tuple[torch.Tensor, torch
     if not isinstance(maps, (tuple, list)) or len(maps) != 2:
         raise ValueError(f"maps must be a pair (local_map, global_map), got {type(maps).__name__}")
     device = get_device(device)
-    was_training, old_device = model.training, next(model.parameters()).device
-    model.eval().to(device)
     out = []
-    for i, start in enumerate(range(0, len(maps[0]), batch_size)):
-        gen = torch.Generator().manual_seed(derive_seed(seed, i))
-        edit = None if mode == "none" else (lambda a, g=gen: intervene(a, mode, g))
-        batch = [m[start:start + batch_size].to(device) for m in maps]
-        out.append(model(*batch, edit=edit).float().cpu())
-    model.train(was_training).to(old_device)
+    with on_device(model, device):  # back on its device, in its modes, afterwards
+        for i, start in enumerate(range(0, len(maps[0]), batch_size)):
+            gen = torch.Generator().manual_seed(derive_seed(seed, i))
+            edit = None if mode == "none" else (lambda a, g=gen: intervene(a, mode, g))
+            batch = [m[start:start + batch_size].to(device) for m in maps]
+            out.append(model(*batch, edit=edit).float().cpu())
     return torch.cat(out)
+
+
+#: The paper's settings (section 4.2, "Training", "Input Setting", "Hyperparameter Setting";
+#: section 4.1 for the validation split), for the table of notebook 03.
+PAPER_SETTINGS = {
+    "zeta": 1.0, "gamma": 2.0, "beta": 50.0, "sigma": 1.0, "alpha": 32.0, "delta": 0.1,
+    "weight": 0.03, "lr": 1e-4, "proxy_lr": 1e-2, "epochs": 20, "batch": 100,
+    "backbone": "ResNet-50 (ImageNet), fine-tuned", "input_size": 224,
+    "optimizer": "AdamW", "validation": "20 % of the training set",
+}
+
