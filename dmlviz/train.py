@@ -38,6 +38,7 @@ from dmlviz.cache import cache_dir, digest, load_entry, save_entry
 from dmlviz.checks import check_finite, check_int, check_labels
 from dmlviz.data import PKSampler
 from dmlviz.losses import parameter_groups
+from dmlviz.metrics import retrieval_metrics
 from dmlviz.utils import get_device, on_device, seed_everything
 
 
@@ -161,8 +162,6 @@ def evaluate(model: nn.Module, inputs: Inputs, labels: torch.Tensor,
              device: str | torch.device = "auto", **metric_kwargs) -> dict[str, float]:
     """Retrieval metrics (Recall@K, MAP@R, R-precision, NMI) of ``model`` on ``inputs``
     (:func:`embed` on ``device``; the model is left where and as it was)."""
-    from dmlviz.metrics import retrieval_metrics
-
     return retrieval_metrics(embed(model, inputs, device=device), labels, **metric_kwargs)
 
 

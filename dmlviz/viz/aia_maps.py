@@ -10,20 +10,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from dmlviz.viz.images import _to_hwc
-from dmlviz.viz.soa_maps import _as_image, _upsample
+from dmlviz.attention.aia import with_rff
+from dmlviz.masks import channel_energy
+from dmlviz.viz.arrays import to_hwc, upsample
 
-__all__ = ["aia_explorer", "channel_energy", "plot_kernel_error", "plot_map_rows",
+__all__ = ["aia_explorer", "plot_kernel_error", "plot_map_rows",
            "plot_sop_check", "plot_variant_bars"]
-
-
-def channel_energy(x: torch.Tensor) -> torch.Tensor:
-    """``(B, C, H, W)`` map → ``(B, H, W)`` channel norm ``‖x_n‖`` per position (the heatmap of
-    a feature map in the paper's Fig. 9)."""
-    if not torch.is_tensor(x) or x.ndim != 4:
-        raise ValueError(f"x must be a tensor (B, C, H, W), got "
-                         f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
-    return x.detach().float().norm(dim=1).cpu()
 
 
 def plot_kernel_error(errors: Mapping[str, Mapping[int, float]], ax=None):
@@ -101,7 +93,7 @@ def plot_map_rows(images, rows: Mapping[str, torch.Tensor], *, masks=None,
 
     Args:
         images: ``(B, 3, S, S)`` float images in [0, 1], or a list of ``(H, W, 3)`` uint8 arrays.
-        rows: ``{name: (B, H, W) map}`` (e.g. :func:`channel_energy` of ``x`` and of ``x^z``,
+        rows: ``{name: (B, H, W) map}`` (e.g. :func:`dmlviz.masks.channel_energy` of ``x`` and of ``x^z``,
             or the channel mean of the mask ``z``).
         masks: optional ``(B, S, S)`` object masks, outlined in white on row 0.
         vlims: optional ``{name: (vmin, vmax)}`` colour limits.
@@ -123,10 +115,10 @@ def plot_map_rows(images, rows: Mapping[str, torch.Tensor], *, masks=None,
     fig, axes = plt.subplots(1 + len(rows), n, figsize=(size * n + 1.2, size * (1 + len(rows))),
                              squeeze=False)
     for j in range(n):
-        img = _as_image(images[j])
+        img = to_hwc(images[j], unit=True)
         axes[0, j].imshow(img, interpolation="nearest")
         if masks is not None:
-            axes[0, j].contour(_to_hwc(masks[j]).astype(float), levels=[0.5], colors="white",
+            axes[0, j].contour(to_hwc(masks[j]).astype(float), levels=[0.5], colors="white",
                                linewidths=0.8)
         if titles is not None:
             axes[0, j].set_title(titles[j], fontsize=8)
@@ -134,7 +126,7 @@ def plot_map_rows(images, rows: Mapping[str, torch.Tensor], *, masks=None,
             vmin, vmax = vlims.get(name, (0.0, float(m.max())))
             ax = axes[i, j]
             ax.imshow(img.mean(axis=2), cmap="gray", alpha=0.45, interpolation="nearest")
-            ax.imshow(_upsample(m[j].double().numpy(), img.shape[:2]), cmap=cmap, alpha=0.75,
+            ax.imshow(upsample(m[j].double().numpy(), img.shape[:2]), cmap=cmap, alpha=0.75,
                       vmin=vmin, vmax=vmax, interpolation="nearest")
             if j == 0:
                 ax.set_ylabel(f"{name}\n[{vmin:.2g}, {vmax:.2g}]", fontsize=7)
@@ -195,8 +187,6 @@ def aia_explorer(blocks: Mapping[tuple[str, bool], torch.nn.Module], maps: torch
     import ipywidgets as widgets
     from IPython.display import display
 
-    from dmlviz.attention.aia import with_rff
-
     out = widgets.Output()
     sig = widgets.FloatLogSlider(value=sigma, base=2, min=np.log2(sigma) - 3,
                                  max=np.log2(sigma) + 3, step=0.25, description="σ")
@@ -210,17 +200,18 @@ def aia_explorer(blocks: Mapping[tuple[str, bool], torch.nn.Module], maps: torch
         if kind.value == "gaussian":
             block = with_rff(block, sigma=sig.value, rff_dim=dim.value)
         with torch.no_grad():
-            y, m = block.eval()(maps, return_maps=True)
+            y, m = block.eval()(maps, return_maps=True)  # (B, C, H, W), AiAMaps
         rows = {"input ‖x‖": channel_energy(maps), "masked ‖x^z‖": channel_energy(y),
-                "mask z (channel mean)": m["z"].mean(1)}
+                "mask z (channel mean)": m.z.mean(1)}
         with out:
             out.clear_output(wait=True)
-            fig = plot_map_rows(images, rows, masks=masks,
-                                vlims={"mask z (channel mean)": (0.5, 1.0)}, size=2.0)
+            zm = rows["mask z (channel mean)"]  # its own range: on [0.5, 1] it looks uniform
+            fig = plot_map_rows(images, rows, masks=masks, size=2.0,
+                                vlims={"mask z (channel mean)": (float(zm.min()), float(zm.max()))})
             shown = (f", σ = {sig.value:.3g}, c′ = {dim.value}" if kind.value == "gaussian"
                      else " (σ and c′ act on the Gaussian kernel only)")
             fig.suptitle(f"{kind.value} kernel, inner attention {'on' if inner.value else 'off'}"
-                         f"{shown}; mask z: mean {float(m['z'].mean()):.3f}", fontsize=9, y=1.0)
+                         f"{shown}; mask z: mean {float(m.z.mean()):.3f}", fontsize=9, y=1.0)
             display(fig)
             plt.close(fig)
 

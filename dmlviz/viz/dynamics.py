@@ -22,6 +22,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from dmlviz.metrics import embedding_space_density
+from dmlviz.viz.arrays import to_numpy
+from dmlviz.viz.palette import class_style, scatter_by_class
+
 __all__ = [
     "plot_neighbour_attention",
     "plot_recall_per_step",
@@ -35,12 +39,8 @@ __all__ = [
 ]
 
 
-def _np(x) -> np.ndarray:
-    return x.detach().cpu().float().numpy() if torch.is_tensor(x) else np.asarray(x)
-
-
 def _check_steps(steps) -> np.ndarray:
-    steps = _np(steps)
+    steps = to_numpy(steps, np.float32)
     if steps.ndim != 3 or steps.shape[0] < 5 or steps.shape[1] < 1:
         raise ValueError(f"steps must be (N, T+1, D) with N ≥ 5, got shape {steps.shape}")
     return steps
@@ -104,8 +104,6 @@ def step_geometry(steps, labels) -> dict[str, np.ndarray]:
     Returns:
         ``{"pi_intra", "pi_inter", "pi_ratio"}``, each an array ``(T+1,)``.
     """
-    from dmlviz.metrics import embedding_space_density
-
     steps = torch.as_tensor(_check_steps(steps))
     parts = [embedding_space_density(steps[:, t], torch.as_tensor(labels), return_parts=True)
              for t in range(steps.shape[1])]
@@ -121,9 +119,10 @@ def top_movers(steps, count: int = 10) -> np.ndarray:
 
 
 def plot_step_maps(maps: np.ndarray, labels, shown=None, movers=None, axes=None,
-                   size: float = 6) -> plt.Figure:
-    """Small multiples: the 2-D map at chosen steps, points coloured by class, arrows from
-    the e⁰ position of each ``movers`` index to its position at that step.
+                   size: float = 6, class_names=None, legend: bool = True) -> plt.Figure:
+    """Small multiples: the 2-D map at chosen steps, one colour and marker per class
+    (:mod:`dmlviz.viz.palette`, the same as :func:`step_animation`), arrows from the e⁰
+    position of each ``movers`` index to its position at that step.
 
     Args:
         maps: ``(T+1, N, 2)`` from :func:`step_maps_2d`.
@@ -131,6 +130,9 @@ def plot_step_maps(maps: np.ndarray, labels, shown=None, movers=None, axes=None,
         shown: steps to draw (default: 0, 1, T/2, T).
         movers: indices that get an arrow (e.g. :func:`top_movers`).
         axes: a sequence of as many axes as ``shown`` (default: a new row of panels).
+        size: marker area.
+        class_names: optional class id → legend text.
+        legend: a legend of the classes beside the last panel.
     """
     maps = np.asarray(maps)
     n_steps = maps.shape[0]
@@ -141,11 +143,12 @@ def plot_step_maps(maps: np.ndarray, labels, shown=None, movers=None, axes=None,
     axes = np.atleast_1d(axes)
     if len(axes) != len(shown):
         raise ValueError(f"axes must hold one axis per shown step ({len(shown)}), got {len(axes)}")
-    labels = _np(labels)
+    labels = to_numpy(labels).astype(int)
     lo, hi = maps.reshape(-1, 2).min(0), maps.reshape(-1, 2).max(0)
     pad = 0.04 * (hi - lo)
     for ax, t in zip(axes, shown, strict=True):
-        ax.scatter(maps[t, :, 0], maps[t, :, 1], c=labels, cmap="tab20", s=size, linewidths=0)
+        scatter_by_class(ax, maps[t], labels, size=size, names=class_names,
+                         legend=legend and ax is axes[-1])
         for i in (movers if movers is not None and t > 0 else []):
             ax.annotate("", xy=maps[t, i], xytext=maps[0, i],
                         arrowprops=dict(arrowstyle="->", color="black", lw=0.8))
@@ -156,18 +159,25 @@ def plot_step_maps(maps: np.ndarray, labels, shown=None, movers=None, axes=None,
 
 def step_animation(maps: np.ndarray, labels, movers=None, class_names=None, title: str = ""):
     """A plotly figure with one frame per step and a slider over t (offline-safe HTML via
-    ``dmlviz.save_plotly``). Arrows (lines from the e⁰ position) mark the ``movers``."""
+    ``dmlviz.save_plotly``); it opens at step 0. One trace per class, coloured and marked as
+    in :func:`plot_step_maps` (:mod:`dmlviz.viz.palette`), with a legend. Arrows (lines from
+    the e⁰ position) mark the ``movers``."""
     import plotly.graph_objects as go
 
     maps = np.asarray(maps)
-    labels = _np(labels).astype(int)
-    names = [class_names[c] if class_names is not None else str(c) for c in labels]
+    labels = to_numpy(labels).astype(int)
+    classes = np.unique(labels)
+    members = [np.flatnonzero(labels == c) for c in classes]
+    names = [str(class_names[c]) if class_names is not None else str(c) for c in classes]
     movers = [] if movers is None else list(movers)
 
     def traces(t: int):
-        points = go.Scatter(x=maps[t, :, 0], y=maps[t, :, 1], mode="markers", text=names,
-                            marker=dict(color=labels, colorscale="Turbo", size=5),
-                            hovertemplate="%{text}<extra></extra>", name="embeddings")
+        points = []
+        for i, (idx, name) in enumerate(zip(members, names, strict=True)):
+            colour, _, symbol = class_style(i)
+            points.append(go.Scatter(x=maps[t, idx, 0], y=maps[t, idx, 1], mode="markers",
+                                     name=name, marker=dict(color=colour, symbol=symbol, size=6),
+                                     hovertemplate=f"{name}<extra></extra>"))
         xs, ys = [], []
         for i in movers:
             xs += [maps[0, i, 0], maps[t, i, 0], None]
@@ -175,16 +185,17 @@ def step_animation(maps: np.ndarray, labels, movers=None, class_names=None, titl
         arrows = go.Scatter(x=xs, y=ys, mode="lines+markers", name="largest moves (e⁰ → e^t)",
                             line=dict(color="black", width=1),
                             marker=dict(symbol="arrow", size=8, angleref="previous", color="black"))
-        return [points, arrows]
+        return [*points, arrows]
 
     frames = [go.Frame(data=traces(t), name=str(t)) for t in range(len(maps))]
     lo, hi = maps.reshape(-1, 2).min(0), maps.reshape(-1, 2).max(0)
     fig = go.Figure(data=traces(0), frames=frames)
     fig.update_layout(
-        title=title, width=650, height=620, showlegend=False,
+        title=title, width=820, height=620, showlegend=True,
+        legend=dict(title="class", font=dict(size=9)),
         xaxis=dict(range=[lo[0] - 2, hi[0] + 2], visible=False),
         yaxis=dict(range=[lo[1] - 2, hi[1] + 2], visible=False),
-        sliders=[dict(currentvalue=dict(prefix="step t = "), steps=[
+        sliders=[dict(active=0, currentvalue=dict(prefix="step t = "), steps=[
             dict(label=str(t), method="animate",
                  args=[[str(t)], dict(mode="immediate", frame=dict(duration=300, redraw=True))])
             for t in range(len(maps))])],
@@ -241,12 +252,13 @@ def plot_neighbour_attention(weights, neighbour_labels, query_label: int, ax=Non
     """Attention of one query over its K neighbours in every block (mean over heads).
 
     Args:
-        weights: ``(T, H, K)`` attention weights of one query (from ``return_maps=True``).
+        weights: ``(T, H, K)`` attention weights of one query (a row of
+            ``RefinerMaps.attention`` from ``NeighborRefiner(..., return_maps=True)``).
         neighbour_labels: ``(K,)`` classes of its neighbours, nearest first.
         query_label: the query's class: same-class neighbours are marked ✓.
     """
-    w = _np(weights).mean(axis=1)  # (T, K) mean over heads
-    nl = _np(neighbour_labels).astype(int)
+    w = to_numpy(weights, np.float32).mean(axis=1)  # (T, K) mean over heads
+    nl = to_numpy(neighbour_labels).astype(int)
     if ax is None:
         _, ax = plt.subplots(figsize=(0.6 * w.shape[1] + 2.5, 0.35 * w.shape[0] + 1.6))
     image = ax.imshow(w, cmap="viridis", vmin=0, aspect="auto")
@@ -260,7 +272,7 @@ def plot_neighbour_attention(weights, neighbour_labels, query_label: int, ax=Non
 
 
 def refinement_explorer(maps: np.ndarray, labels, weights, neighbour_idx, queries,
-                        class_names=None):
+                        class_names=None, tags=None):
     """ipywidgets explorer: a step slider moves every point to its place at step t in the
     map and a query picker highlights one query, its K neighbours and its attention weights.
 
@@ -270,13 +282,20 @@ def refinement_explorer(maps: np.ndarray, labels, weights, neighbour_idx, querie
         weights: ``(N, T, H, K)`` attention weights.
         neighbour_idx: ``(N, K)`` neighbour indices.
         queries: indices offered in the query picker.
+        class_names: optional class id → name.
+        tags: optional short word per offered query ("fixed", "broken"), shown in the picker
+            with the query's class.
     """
     import ipywidgets as widgets
 
-    labels = _np(labels).astype(int)
-    weights, neighbour_idx = _np(weights), _np(neighbour_idx).astype(int)
+    labels = to_numpy(labels).astype(int)
+    weights, neighbour_idx = to_numpy(weights, np.float32), to_numpy(neighbour_idx).astype(int)
     step = widgets.IntSlider(value=0, min=0, max=len(maps) - 1, description="step t")
-    query = widgets.Dropdown(options=[int(q) for q in queries], description="query")
+    tags = list(tags) if tags is not None else [""] * len(queries)
+    name = (lambda c: class_names[c]) if class_names is not None else str
+    query = widgets.Dropdown(options=[(f"{int(q)}: {name(labels[int(q)])}" + (f" ({g})" if g else ""),
+                                       int(q)) for q, g in zip(queries, tags, strict=True)],
+                             description="query")
     out = widgets.Output()
 
     def draw(*_):
@@ -290,9 +309,15 @@ def refinement_explorer(maps: np.ndarray, labels, weights, neighbour_idx, querie
                             edgecolors="red", label="its neighbours (e⁰)")
             axes[0].scatter(*maps[t, q], s=80, marker="*", color="black", label="query at step t")
             axes[0].legend(fontsize=7, loc="lower right")
-            plot_neighbour_attention(weights[q, : max(t, 1)], labels[nb], labels[q], ax=axes[1],
-                                     class_names=class_names)
-            axes[1].set_title(f"attention of query {q} (blocks 1…{max(t, 1)})", fontsize=9)
+            if t == 0:
+                axes[1].axis("off")
+                axes[1].text(0.5, 0.5, "step 0 = e⁰: no refinement block has run yet",
+                             ha="center", va="center", fontsize=9)
+            else:
+                plot_neighbour_attention(weights[q, :t], labels[nb], labels[q], ax=axes[1],
+                                         class_names=class_names)
+                blocks = "block 1" if t == 1 else f"blocks 1…{t}"
+                axes[1].set_title(f"attention of query {q} ({blocks})", fontsize=9)
             fig.tight_layout()
             plt.show()
             plt.close(fig)

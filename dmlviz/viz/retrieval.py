@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 import torch
 
-from dmlviz.viz.images import _to_hwc
+from dmlviz.metrics import knn
+from dmlviz.viz.arrays import to_hwc
 
 
 def plot_retrievals(images, embeddings: torch.Tensor, labels: torch.Tensor, queries: Sequence[int],
@@ -25,8 +26,6 @@ def plot_retrievals(images, embeddings: torch.Tensor, labels: torch.Tensor, quer
     Returns:
         The matplotlib figure.
     """
-    from dmlviz.metrics import knn
-
     _, neighbours = knn(embeddings[list(queries)], embeddings, k=k + 1, exclude_self=False)
     fig, axes = plt.subplots(len(queries), k + 1, figsize=(size * (k + 1), size * len(queries)),
                              squeeze=False)
@@ -34,7 +33,7 @@ def plot_retrievals(images, embeddings: torch.Tensor, labels: torch.Tensor, quer
         shown = [i for i in neighbours[row].tolist() if i != q][:k]
         for col, idx in enumerate([q, *shown]):
             ax = axes[row, col]
-            ax.imshow(_to_hwc(images[idx]), cmap="gray", interpolation="nearest")
+            ax.imshow(to_hwc(images[idx]), cmap="gray", interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             colour = "black" if col == 0 else ("tab:green" if labels[idx] == labels[q] else "tab:red")
