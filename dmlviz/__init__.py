@@ -13,11 +13,36 @@ K     neighbours (refinement) or prototypes (CRT)
 T     refinement steps
 S     image side length (square images)
 ====  ==========================================================
+
+Device contract, followed by every public function of the package that takes ``device=``:
+
+1. ``device`` defaults to ``"auto"`` and is resolved by :func:`dmlviz.utils.get_device`:
+   ``"auto"`` is CUDA when available, else the CPU; ``"cuda"`` where there is none raises
+   instead of quietly running on the CPU. A notebook's ``device`` parameter passes through
+   unchanged, so one value means the same thing in every call.
+2. The function moves the model it runs and the inputs it needs to that device (inputs batch
+   by batch) and computes there; the caller never writes ``.to(device)``.
+3. Every tensor it returns is on the CPU, whatever ``device`` was.
+4. Training helpers (:func:`dmlviz.train.fit` and every recipe built on it) return the trained
+   model — and leave it, with its loss — on the CPU in eval mode, also when the weights come
+   from the checkpoint cache.
+5. Functions that only *use* a model they are given (:func:`dmlviz.train.embed`,
+   :func:`dmlviz.train.evaluate`, feature extraction, refinement, cost measurement) leave
+   it as they found it: back on its own device, every submodule in its own train/eval mode,
+   also when they raise (:func:`dmlviz.utils.on_device`).
+
+So a model from a training helper can be called at once on CPU tensors, and passing it to
+any function with ``device="cuda"`` changes neither where it lives nor its mode. The one
+``device`` that is not a place to compute, :func:`dmlviz.sweep.run_sweep`'s, defaults to
+None: it overrides the spec's own ``device`` only when given. ``tests/test_device_contract.py``
+checks the defaults of every signature and the devices and modes of what each function returns
+and leaves; a new function with ``device=`` needs a case there.
 """
 
 import importlib
 
 _EXPORTS = {  # public name -> the module that defines it (imported on first use)
+    "HEADS": "dmlviz.heads",
     "History": "dmlviz.train",
     "HybridLoss": "dmlviz.losses",
     "ImageFolder": "dmlviz.data",
@@ -28,12 +53,13 @@ _EXPORTS = {  # public name -> the module that defines it (imported on first use
     "ProxyAnchorLoss": "dmlviz.losses",
     "SmallCNN": "dmlviz.backbones",
     "TripletLoss": "dmlviz.losses",
+    "build_head": "dmlviz.heads",
     "class_disjoint_split": "dmlviz.data",
     "efficientnet_lite0": "dmlviz.backbones",
     "embed": "dmlviz.train",
     "embedding_space_density": "dmlviz.metrics",
     "evaluate": "dmlviz.train",
-    "extract_features": "dmlviz.backbones",
+    "extract_features": "dmlviz.features",
     "fit": "dmlviz.train",
     "get_device": "dmlviz.utils",
     "imagenet_labels": "dmlviz.imagenet",
@@ -51,6 +77,7 @@ _EXPORTS = {  # public name -> the module that defines it (imported on first use
     "seed_everything": "dmlviz.utils",
     "set_output_dir": "dmlviz.outputs",
     "spectral_decay": "dmlviz.metrics",
+    "train_head": "dmlviz.heads",
 }
 
 
