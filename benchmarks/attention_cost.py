@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dmlviz.attention.csalr import csalr_attention, landmark_grid
-from dmlviz.attention.nystrom import patches
+from dmlviz.attention.csalr import csalr_attention
+from dmlviz.attention.landmarks import landmark_grid, patches
 from dmlviz.cost import images_per_second, peak_memory
 from dmlviz.utils import get_device
 

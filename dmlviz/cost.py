@@ -3,6 +3,8 @@
 The cost tables of the papers this workbench teaches (AiA's Table 8, CSALR's Tables 3 and 5)
 compare attention modules by these four numbers; :func:`module_cost` measures all four for
 any ``nn.Module`` and :func:`cost_table` for a dictionary of them, at one input size.
+:func:`measure_cost` times exact softmax attention against CSALR's Nyström factors for growing
+``N`` (notebook 01). Every ``device=`` defaults to ``"auto"`` (:func:`dmlviz.utils.get_device`).
 
 Conventions (say them next to any table built from these numbers):
 
@@ -44,12 +46,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
+from dmlviz.attention.nystrom import nystrom_softmax_attention, softmax_attention
 from dmlviz.checks import check_int
 from dmlviz.utils import get_device
 
 __all__ = ["ModuleCost", "cost_table", "count_flops", "count_macs", "count_parameters",
            "flops_by_operator", "format_cost_table", "images_per_second", "make_inputs",
-           "module_cost", "peak_memory"]
+           "measure_cost", "module_cost", "peak_memory"]
 
 Inputs = torch.Tensor | tuple[torch.Tensor, ...]
 
@@ -91,7 +94,7 @@ def _check_module(module) -> None:
         raise ValueError(f"module must be a torch.nn.Module, got {type(module).__name__}")
 
 
-def make_inputs(inputs, batch_size: int = 1, device: str | torch.device = "cpu",
+def make_inputs(inputs, batch_size: int = 1, device: str | torch.device = "auto",
                 seed: int = 0) -> tuple[torch.Tensor, ...]:
     """Turn an input specification into a tuple of tensors for ``module(*inputs)``.
 
@@ -100,8 +103,9 @@ def make_inputs(inputs, batch_size: int = 1, device: str | torch.device = "cpu",
             the shape of one input without the batch, e.g. ``(112, 8, 8)`` (a random
             standard-normal batch of ``batch_size`` is drawn); or a tuple of such shapes.
         batch_size: rows of the random batch drawn from a shape (ignored for tensors).
-        device: where the tensors go.
-        seed: seed of the random batch.
+        device: where the tensors go (``"auto"``: CUDA when available).
+        seed: seed of the random batch (drawn on the CPU, so the values do not depend on
+            ``device``).
 
     Returns:
         A tuple of tensors.
@@ -185,7 +189,7 @@ def count_flops(module: nn.Module, inputs, batch_size: int = 1, per_image: bool 
     Returns:
         The FLOP count (an integer).
     """
-    xs = make_inputs(inputs, batch_size)
+    xs = make_inputs(inputs, batch_size, "cpu")
     total = sum(flops_by_operator(module, xs).values())
     return total // len(xs[0]) if per_image else total
 
@@ -204,8 +208,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _times(fn, repeats: int, device: torch.device) -> list[float]:
+    """Wall-clock seconds of ``repeats`` calls of ``fn()``, each between two device syncs."""
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
 def images_per_second(module: nn.Module, inputs, batch_size: int = 32, repeats: int = 10,
-                      warmup: int = 2, device: str | torch.device | None = None) -> float:
+                      warmup: int = 2, device: str | torch.device = "auto") -> float:
     """Forward throughput in images (batch rows) per second, eval mode, no gradients.
 
     Args:
@@ -214,25 +230,21 @@ def images_per_second(module: nn.Module, inputs, batch_size: int = 32, repeats: 
         batch_size: batch of the random inputs drawn from a shape.
         repeats: timed passes; the median time is used.
         warmup: untimed passes first.
-        device: where to run (default: where the module's parameters are).
+        device: where to run (``"auto"``: CUDA when available); the module goes back to
+            where its parameters were afterwards.
     """
     _check_module(module)
     repeats = check_int(repeats, "repeats", 1)
     warmup = check_int(warmup, "warmup", 0)
     home = next((p.device for p in module.parameters()), torch.device("cpu"))
-    device = get_device(device) if device is not None else home
+    device = get_device(device)
     xs = make_inputs(inputs, batch_size, device)
     module.to(device)
-    times = []
     try:
         with _EvalNoGrad(module):
-            for i in range(warmup + repeats):
-                _sync(device)
-                start = time.perf_counter()
+            for _ in range(warmup):
                 module(*xs)
-                _sync(device)
-                if i >= warmup:
-                    times.append(time.perf_counter() - start)
+            times = _times(lambda: module(*xs), repeats, device)
     finally:
         module.to(home)
     return len(xs[0]) / max(statistics.median(times), 1e-9)
@@ -278,19 +290,20 @@ class _LiveStorageTracker(TorchDispatchMode):
 
 
 def peak_memory(module: nn.Module, inputs, batch_size: int = 32,
-                device: str | torch.device | None = None) -> int:
+                device: str | torch.device = "auto") -> int:
     """Peak bytes allocated during one forward pass, above inputs and parameters.
 
     Args:
         module: any ``nn.Module``; eval mode, no gradients.
         inputs: as for :func:`make_inputs`.
         batch_size: batch of the random inputs drawn from a shape.
-        device: where to run (default: where the module's parameters are). CUDA uses the
-            allocator's peak statistics, the CPU a dispatch-mode tracker (module docstring).
+        device: where to run (``"auto"``: CUDA when available; the module goes back to where
+            its parameters were afterwards). CUDA uses the allocator's peak statistics, the CPU
+            a dispatch-mode tracker (module docstring).
     """
     _check_module(module)
     home = next((p.device for p in module.parameters()), torch.device("cpu"))
-    device = get_device(device) if device is not None else home
+    device = get_device(device)
     xs = make_inputs(inputs, batch_size, device)
     module.to(device)
     try:
@@ -313,7 +326,7 @@ def peak_memory(module: nn.Module, inputs, batch_size: int = 32,
 
 
 def module_cost(module: nn.Module, inputs, *, batch_size: int = 32, repeats: int = 10,
-                warmup: int = 2, device: str | torch.device = "cpu", time_it: bool = True,
+                warmup: int = 2, device: str | torch.device = "auto", time_it: bool = True,
                 memory: bool = True) -> ModuleCost:
     """Parameters, FLOPs per image, images per second and peak memory of ``module``.
 
@@ -322,7 +335,7 @@ def module_cost(module: nn.Module, inputs, *, batch_size: int = 32, repeats: int
         inputs: as for :func:`make_inputs`; a shape such as ``(112, 8, 8)`` is simplest.
         batch_size: batch for the time and memory measurements (FLOPs are per image).
         repeats, warmup: as for :func:`images_per_second`.
-        device: where time and memory are measured.
+        device: where time and memory are measured (``"auto"``: CUDA when available).
         time_it: measure the throughput (else ``nan``).
         memory: measure the peak memory (else ``-1``).
 
@@ -347,6 +360,65 @@ def module_cost(module: nn.Module, inputs, *, batch_size: int = 32, repeats: int
     )
 
 
+def measure_cost(ns: Sequence[int], m: int = 64, channels: int = 64, *,
+                 device: str | torch.device = "auto", repeats: int = 3,
+                 dtype: torch.dtype = torch.float32, seed: int = 0,
+                 inverse: str = "pinv") -> list[dict]:
+    """Time and memory of exact softmax attention vs the Nyström factors, for growing ``N``.
+
+    Exact: ``softmax_N(q kᵀ / √C) v`` through the ``N × N`` map. Nyström: pooled landmarks,
+    ``W = A_nm A_mm⁻¹`` and ``W (B v)``. The default ``inverse="pinv"`` never fails on random
+    inputs (whose pooled landmarks are nearly equal, so ``A_mm`` is nearly singular); on a GPU
+    ``"iterative"`` (matrix products only) avoids the SVD behind ``pinv``.
+
+    Args:
+        ns: numbers of positions ``N`` to measure.
+        m: landmarks ``M``.
+        channels: ``C`` of ``q, k, v``.
+        device: where to run (``"auto"``: CUDA when available).
+        repeats: timed runs per case (the minimum is kept, after one warm-up run).
+        dtype: computation dtype.
+        seed: seed of the random ``q, k, v``.
+        inverse: ``"pinv"`` or ``"iterative"`` (see :func:`dmlviz.attention.nystrom.nystrom`).
+
+    Returns:
+        one dict per ``N``: ``n``, ``exact_bytes`` (the N×N map), ``nystrom_bytes`` (N×M + M×M +
+        M×N), ``exact_s``, ``nystrom_s`` (seconds, best of ``repeats``) and
+        ``peak_exact_bytes`` / ``peak_nystrom_bytes`` on CUDA (None on CPU).
+    """
+    device = get_device(device)
+    repeats = check_int(repeats, "repeats", 1)
+    if inverse not in ("pinv", "iterative"):
+        raise ValueError(f"inverse must be 'pinv' or 'iterative' for random inputs, got {inverse!r}")
+    g = torch.Generator().manual_seed(seed)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    rows = []
+    for n in ns:
+        n = check_int(n, "n", m)
+        q, k, v = (torch.randn(n, channels, generator=g, dtype=dtype).to(device) for _ in range(3))
+        scale = channels ** -0.5
+
+        def exact(q=q, k=k, v=v, scale=scale):
+            return softmax_attention(q, k, scale=scale) @ v  # (N, C) through the N × N map
+
+        def factored(q=q, k=k, v=v, scale=scale):
+            f = nystrom_softmax_attention(q, k, m, scale=scale, inverse=inverse)
+            return f.w @ (f.b @ v)  # CSALR's output W (B v), never the N × N map
+
+        row = {"n": n, "exact_bytes": n * n * itemsize, "nystrom_bytes": (2 * n * m + m * m) * itemsize}
+        for name, fn in (("exact", exact), ("nystrom", factored)):
+            fn()  # warm-up
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
+                base = torch.cuda.memory_allocated(device)
+            row[f"{name}_s"] = min(_times(fn, repeats, device))  # best of ``repeats``
+            row[f"peak_{name}_bytes"] = (torch.cuda.max_memory_allocated(device) - base
+                                         if device.type == "cuda" else None)
+        rows.append(row)
+    return rows
+
+
 def cost_table(modules: Mapping[str, nn.Module], inputs, **kwargs) -> dict[str, ModuleCost]:
     """:func:`module_cost` of every module of ``{name: module}`` at the same inputs.
 
@@ -355,7 +427,7 @@ def cost_table(modules: Mapping[str, nn.Module], inputs, **kwargs) -> dict[str, 
     if not isinstance(modules, Mapping) or not modules:
         raise ValueError(f"modules must be a non-empty mapping {{name: nn.Module}}, got "
                          f"{type(modules).__name__}")
-    xs = make_inputs(inputs, kwargs.get("batch_size", 32))
+    xs = make_inputs(inputs, kwargs.get("batch_size", 32), "cpu")
     return {name: module_cost(m, xs, **kwargs) for name, m in modules.items()}
 
 

@@ -18,6 +18,7 @@ from dmlviz.cost import (
     format_cost_table,
     images_per_second,
     make_inputs,
+    measure_cost,
     module_cost,
     peak_memory,
 )
@@ -143,6 +144,16 @@ def test_bad_inputs_raise_clear_errors():
         format_cost_table({}, names=["x"])
 
 
+def test_measure_cost_rows():
+    """Exact softmax attention vs CSALR's factors W (B v): sizes of the N × N map and the
+    factors (N×M + M×M + M×N), and positive timings."""
+    rows = measure_cost([64, 128], m=8, channels=4, repeats=1)
+    assert [r["n"] for r in rows] == [64, 128]
+    assert measure_cost([64], m=8, channels=4, repeats=1, inverse="iterative")[0]["nystrom_s"] > 0
+    assert rows[1]["exact_bytes"] == 128 * 128 * 4 and rows[1]["nystrom_bytes"] == (2 * 128 * 8 + 64) * 4
+    assert all(r["exact_s"] > 0 and r["nystrom_s"] > 0 for r in rows)
+
+
 @pytest.mark.gpu
 def test_cuda_peak_memory_and_flops_match_cpu():
     seq = nn.Sequential(nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), nn.ReLU())
@@ -151,3 +162,8 @@ def test_cuda_peak_memory_and_flops_match_cpu():
     cpu_bytes = peak_memory(seq, (3, 8, 8), batch_size=64, device="cpu")
     assert cpu_bytes <= cuda_bytes <= 2 * cpu_bytes  # allocator rounding, same tensors
     assert next(seq.parameters()).device.type == "cpu"  # moved back
+
+
+@pytest.mark.gpu
+def test_measure_cost_on_cuda_reports_peak_memory():
+    assert measure_cost([256], m=16, device="cuda", repeats=1)[0]["peak_exact_bytes"] > 0

@@ -1,5 +1,5 @@
-"""Tests of dmlviz.attention.nystrom (reference formulas, exactness, bad inputs) and of the
-figure helpers in dmlviz.viz.matrices."""
+"""Tests of dmlviz.attention.nystrom and dmlviz.attention.landmarks (reference formulas,
+exactness, bad inputs) and of the figure helpers in dmlviz.viz.matrices."""
 
 import subprocess
 import sys
@@ -10,17 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dmlviz.attention.landmarks import landmarks, patch_indicator, patches, pool_landmarks
 from dmlviz.attention.nystrom import (
     best_rank,
-    derivation_gaps,
-    landmarks,
-    measure_cost,
     nystrom,
     nystrom_softmax_attention,
-    patch_indicator,
-    patches,
     pinv_iterative,
-    pool_landmarks,
     relative_error,
     schur_residual,
     softmax_attention,
@@ -346,25 +341,6 @@ def test_inverse_variants_agree_at_the_attention_level():
         torch.testing.assert_close(w, ref, rtol=1e-7, atol=1e-9)
 
 
-def test_derivation_gaps():
-    S = randn(30, 30, seed=26)
-    S = S @ S.T
-    gaps = derivation_gaps(S, torch.randperm(30))  # all landmarks: every step is exact
-    assert max(gaps[k] for k in ("quadrature", "eigenvalues", "extension", "biorthogonality",
-                                 "algebra", "error")) < 1e-8
-    gaps = derivation_gaps(rank_m(40, 5, 27), landmarks(40, 5, seed=2))
-    assert gaps["error"] < 1e-10 and gaps["algebra"] < 1e-10  # eq. (9) exact ...
-    assert gaps["quadrature"] > 0.05 and gaps["biorthogonality"] > 0.05  # ... the ≈ steps not
-
-
-def test_measure_cost_rows():
-    rows = measure_cost([64, 128], m=8, channels=4, repeats=1)
-    assert [r["n"] for r in rows] == [64, 128]
-    assert measure_cost([64], m=8, channels=4, repeats=1, inverse="iterative")[0]["nystrom_s"] > 0
-    assert rows[1]["exact_bytes"] == 128 * 128 * 4 and rows[1]["nystrom_bytes"] == (2 * 128 * 8 + 64) * 4
-    assert all(r["exact_s"] > 0 and r["nystrom_s"] > 0 for r in rows)
-
-
 # ------------------------------------------------------------------ bad inputs
 
 
@@ -433,7 +409,6 @@ def test_gpu_matches_cpu():
         gpu = nystrom_softmax_attention(q.cuda(), q.cuda(), 16, size=(8, 8), indicator=True,
                                         inverse=inverse, return_reconstruction=True)
         torch.testing.assert_close(gpu.reconstruction.cpu(), cpu.reconstruction)
-    assert measure_cost([256], m=16, device="cuda", repeats=1)[0]["peak_exact_bytes"] > 0
 
 
 def test_figure_helpers():
@@ -462,34 +437,3 @@ def test_figure_helpers():
     sliders[1].value = 3  # m side: redraws without error
     assert len(box.children) == 3
     matplotlib.pyplot.close("all")
-
-
-def test_paper_chain_only_step_4_is_an_approximation():
-    """Eqs. (3)–(9): "we approximate (3) by randomly sampling m columns of A_n,n ...
-    (n/m) A_n,m U_m,n ≈ U_n,n Λ_n,n" (4), then (5)–(9) by matching and multiplying. On a
-    non-symmetric rank-m matrix (eq. 9 exact by the theorem) (4) with the paper's coefficient
-    (n/m) U_mn is off by order one, while with a Y solving A_nm Y = A U exactly (it exists iff
-    rank A = m) every step holds to rounding. Residuals are recomputed here from numpy's eig."""
-    import numpy as np
-
-    from dmlviz.attention.nystrom import paper_chain
-
-    n, m = 30, 5
-    A = rank_m(n, m, 31)
-    rows = landmarks(n, m, seed=4)
-    paper = paper_chain(A, rows)
-    exists = paper_chain(A, rows, "exists")
-    assert paper["(4)"] > 0.1 and paper["(9)"] < 1e-10
-    assert max(exists.values()) < 1e-8, exists
-    # a full-rank matrix (distinct eigenvalues: U unique up to unit scalars): no exact Y, and
-    # (9) is not exact either; (4) checked independently with numpy's eig
-    B = randn(n, n, seed=32)
-    full = paper_chain(B, rows, "exists")
-    assert full["(5)"] > 0.1 and full["(9)"] > 0.1
-    lam, u = np.linalg.eig(B.numpy())
-    r = rows.numpy()
-    lhs = (n / m) * B.numpy()[:, r] @ u[r, :]
-    ref = np.linalg.norm(lhs - u * lam) / np.linalg.norm(u * lam)
-    assert paper_chain(B, rows)["(4)"] == pytest.approx(ref, rel=1e-6)
-    with pytest.raises(ValueError, match="coefficient must be"):
-        paper_chain(A, rows, "nystrom")

@@ -10,9 +10,9 @@ uses ``I = J``)::
     Â = A[:, J] · A[I, J]⁻¹ · A[I, :]  = A_nm A_mm⁻¹ A_mn                              (9)
 
 The paper derives (9) from the eigen-system of ``A`` (eqs. 3–9): only (4) is an approximation,
-(5)–(9) follow by substitution; :func:`paper_chain` measures every line as printed, and shows that
-replacing (4)'s coefficient by a ``Y`` with ``A U = A_nm Y`` (which exists iff ``rank A = m``) makes
-every line exact. The rigorous statement needs no eigenvectors. Permute
+(5)–(9) follow by substitution; :func:`dmlviz.derivation.paper_chain` measures every line as
+printed, and shows that replacing (4)'s coefficient by a ``Y`` with ``A U = A_nm Y`` (which exists
+iff ``rank A = m``) makes every line exact. The rigorous statement needs no eigenvectors. Permute
 ``I`` first and write ``A = [[A_mm, A_mr], [A_rm, A_rr]]``; the block LDU factorisation::
 
     A = [[I, 0], [A_rm A_mm⁻¹, I]] · [[A_mm, 0], [0, S]] · [[I, A_mm⁻¹ A_mr], [0, I]]
@@ -66,23 +66,30 @@ Choices where the text leaves one open: no temperature in the softmaxes unless `
 given (the paper writes ``exp(Qᵢᵀ Kⱼ)``); patches are the disjoint cells of an ``mh × mw`` grid
 (sizes differ by at most one position when the map does not divide evenly; the paper's
 kernel = stride pooling when they divide); ``q`` and ``k`` have the same ``N`` (self-attention).
+
+Where the rest lives: landmark strategies, pooling patches and pooled landmarks in
+:mod:`dmlviz.attention.landmarks`; the step-by-step analysis of the paper's derivation (notebook
+01) in :mod:`dmlviz.derivation`; timing exact vs factored attention in :func:`dmlviz.cost.measure_cost`.
+
+Maps: :func:`nystrom_softmax_attention` returns the factors themselves, one
+:class:`NystromAttention` (``w``, ``b``, the blocks, the patches); the attention output is
+``w @ (b @ v)``. The multi-head module level (:func:`dmlviz.attention.csalr.csalr_attention`)
+follows the package's ``return_maps=True`` → ``(output, maps)`` protocol.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 
+from dmlviz.attention.landmarks import landmarks, patch_indicator, pool_landmarks
 from dmlviz.checks import check_int
 from dmlviz.utils import derive_seed
 
 INVERSES = ("solve", "pinv", "iterative")
-STRATEGIES = ("random", "even", "kmeans", "kmeans++")
-POOLS = ("avg", "max")
 INDICATOR_AT = ("affinity", "affinity_b", "logit")
 SOLVE_SPLIT_MIN = 128  # batched CPU solves with M >= this are split (the DLASWP hang, M >= ~150)
 
@@ -90,7 +97,15 @@ SOLVE_SPLIT_MIN = 128  # batched CPU solves with M >= this are split (the DLASWP
 # ----------------------------------------------------------------------------- checks
 
 
-def _check_matrix(a, name: str = "A", square: bool = False, why: str = "") -> torch.Tensor:
+def check_matrix(a, name: str = "A", square: bool = False, why: str = "") -> torch.Tensor:
+    """``a`` unchanged if it is a 2-D floating-point matrix (square if asked), else ValueError.
+
+    Args:
+        a: the matrix ``(N, N')``.
+        name: its name in the error message.
+        square: require ``N = N'``.
+        why: appended to the "must be square" message.
+    """
     if not isinstance(a, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(a).__name__}")
     if a.ndim != 2 or not a.is_floating_point():
@@ -101,7 +116,10 @@ def _check_matrix(a, name: str = "A", square: bool = False, why: str = "") -> to
     return a
 
 
-def _check_indices(idx, n: int, name: str, device) -> torch.Tensor:
+def check_indices(idx, n: int, name: str, device) -> torch.Tensor:
+    """Landmark indices as a ``(M,)`` int64 tensor on ``device``: 1-D, integer, non-empty,
+    ``M ≤ n``, in ``[0, n)`` and distinct (a repeated landmark makes ``A_mm`` singular);
+    otherwise ValueError naming ``name``, what was given and what is allowed."""
     t = torch.as_tensor(idx, device=device)
     if t.ndim != 1 or t.is_floating_point() or t.dtype == torch.bool:
         raise ValueError(f"{name} must be a 1-D sequence of integer indices, got "
@@ -267,10 +285,10 @@ def nystrom(A: torch.Tensor, rows, cols=None, *, inverse: str = "solve",
         ``(N, N')`` approximation of rank at most ``M``.
     """
     _check_inverse(inverse, iterations)
-    _check_matrix(A, square=cols is None,
+    check_matrix(A, square=cols is None,
                   why=" when cols is None (the same landmarks index rows and columns)")
-    rows = _check_indices(rows, A.shape[0], "rows", A.device)
-    cols = rows if cols is None else _check_indices(cols, A.shape[1], "cols", A.device)
+    rows = check_indices(rows, A.shape[0], "rows", A.device)
+    cols = rows if cols is None else check_indices(cols, A.shape[1], "cols", A.device)
     c = A[:, cols]  # (N, M')
     core = A[rows][:, cols]  # (M, M')
     r = A[rows, :]  # (M, N')
@@ -292,8 +310,8 @@ def schur_residual(A: torch.Tensor, rows, *, inverse: str = "solve") -> torch.Te
         ``(N − M, N − M)`` matrix (empty when ``M = N``).
     """
     _check_inverse(inverse, 1)
-    _check_matrix(A, square=True, why=" for a Schur complement")
-    rows = _check_indices(rows, A.shape[0], "rows", A.device)
+    check_matrix(A, square=True, why=" for a Schur complement")
+    rows = check_indices(rows, A.shape[0], "rows", A.device)
     keep = torch.ones(A.shape[0], dtype=torch.bool, device=A.device)
     keep[rows] = False
     rest = keep.nonzero().flatten()  # (N − M,)
@@ -312,7 +330,7 @@ def best_rank(A: torch.Tensor, m: int) -> torch.Tensor:
     Returns:
         ``(N, N')`` matrix.
     """
-    _check_matrix(A)
+    check_matrix(A)
     m = check_int(m, "m", 1, min(A.shape))
     u, s, vh = torch.linalg.svd(A, full_matrices=False)
     return (u[:, :m] * s[:m]) @ vh[:m]
@@ -328,7 +346,7 @@ def svd_bound(A: torch.Tensor, ms: Sequence[int]) -> torch.Tensor:
     Returns:
         ``(len(ms),)`` float64 tensor on the CPU.
     """
-    _check_matrix(A)
+    check_matrix(A)
     ms = [check_int(m, "m", 0, min(A.shape)) for m in ms]
     s2 = torch.linalg.svdvals(A.double()).pow(2).cpu()  # (min(N, N'),)
     tail = s2.flip(0).cumsum(0).flip(0)  # tail[i] = Σ_{j≥i} σ_j²
@@ -353,7 +371,7 @@ def error_curve(A: torch.Tensor, ms: Sequence[int], strategy: str = "random", *,
     Args:
         A: ``(N, N)`` matrix.
         ms: landmark counts.
-        strategy: a :func:`landmarks` strategy (``"even"`` is drawn once: it is deterministic).
+        strategy: a :func:`dmlviz.attention.landmarks.landmarks` strategy (``"even"`` is drawn once: it is deterministic).
         features: ``(N, C)`` row features for the k-means strategies.
         size: ``(H, W)`` grid for ``"even"``.
         repeats: draws of the random strategies (draw d seeded ``derive_seed(seed, d)``).
@@ -364,176 +382,12 @@ def error_curve(A: torch.Tensor, ms: Sequence[int], strategy: str = "random", *,
     Returns:
         ``(R, len(ms))`` float64 tensor, ``R = 1`` for ``"even"`` else ``repeats``.
     """
-    _check_matrix(A, square=True, why=" for an error curve")
+    check_matrix(A, square=True, why=" for an error curve")
     draws = 1 if strategy == "even" else check_int(repeats, "repeats", 1)
     return torch.tensor([[relative_error(A, nystrom(A, landmarks(
         A.shape[0], m, strategy, features=features, size=size, seed=derive_seed(seed, d)),
         inverse=inverse, iterations=iterations)) for m in ms] for d in range(draws)],
         dtype=torch.float64)
-
-
-# ----------------------------------------------------------------------------- landmarks
-
-
-def _grid(m, size: tuple[int, int]) -> tuple[int, int]:
-    """``(mh, mw)`` with ``mh·mw = m`` closest in aspect to ``size``."""
-    h, w = size
-    if isinstance(m, (tuple, list)):
-        if len(m) != 2:
-            raise ValueError(f"m must be an int or a (mh, mw) pair, got {m!r}")
-        mh, mw = check_int(m[0], "m[0]", 1, h), check_int(m[1], "m[1]", 1, w)
-        return mh, mw
-    m = check_int(m, "m (landmarks)", 1, h * w)
-    pairs = [(d, m // d) for d in range(1, m + 1) if m % d == 0 and d <= h and m // d <= w]
-    if not pairs:
-        raise ValueError(f"m={m} cannot be laid out as an mh × mw grid on a {h}×{w} map; "
-                         f"pass m=(mh, mw) with mh <= {h}, mw <= {w}")
-    return min(pairs, key=lambda p: abs(math.log(p[0] / p[1]) - math.log(h / w)))
-
-
-def _check_size(size, n: int) -> tuple[int, int] | None:
-    if size is None:
-        return None
-    if (not isinstance(size, (tuple, list)) or len(size) != 2
-            or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in size)):
-        raise ValueError(f"size must be a pair of positive ints (H, W), got {size!r}")
-    if size[0] * size[1] != n:
-        raise ValueError(f"size={tuple(size)} has H·W = {size[0] * size[1]} positions but the "
-                         f"input has N = {n}")
-    return int(size[0]), int(size[1])
-
-
-def patches(n: int, m, size: tuple[int, int] | None = None) -> torch.Tensor:
-    """The pooling patch of every position: ``(N,)`` ids in ``[0, M)``.
-
-    Without ``size`` the ``N`` positions are cut into ``m`` contiguous segments
-    (``⌊i·m / N⌋``); with ``size = (H, W)`` the map is cut into an ``mh × mw`` grid (``m`` an
-    int laid out closest to the map's aspect, or a pair), patch id ``row·mw + col``. Patch
-    sizes differ by at most one row/column of positions.
-    """
-    n = check_int(n, "n", 1)
-    size = _check_size(size, n)
-    if size is None:
-        m = check_int(m, "m (landmarks)", 1, n)
-        return torch.arange(n) * m // n
-    (h, w), (mh, mw) = size, _grid(m, size)
-    pr = torch.arange(h) * mh // h  # (H,)
-    pc = torch.arange(w) * mw // w  # (W,)
-    return (pr[:, None] * mw + pc[None, :]).flatten()
-
-
-def patch_indicator(patch: torch.Tensor, m: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``P`` of shape ``(M, N)``: ``P[j, p] = 1`` iff ``patch[p] == j`` (a negative id: no patch)."""
-    patch = torch.as_tensor(patch)
-    m = check_int(m, "m", 1)
-    return (patch[None, :] == torch.arange(m, device=patch.device)[:, None]).to(dtype)
-
-
-def pool_landmarks(x: torch.Tensor, m, *, size: tuple[int, int] | None = None,
-                   pool: str = "avg") -> tuple[torch.Tensor, torch.Tensor]:
-    """The paper's virtual landmarks: features pooled over ``M`` disjoint patches.
-
-    Args:
-        x: ``(N, C)`` or ``(B, N, C)`` features (queries or keys).
-        m: number of landmarks ``M`` (or ``(mh, mw)`` with ``size``).
-        size: ``(H, W)`` of the feature map (``N = H·W``, row-major); None for 1-D segments.
-        pool: ``"avg"`` (the paper) or ``"max"``.
-
-    Returns:
-        ``(x̃, patch)``: ``(M, C)`` or ``(B, M, C)`` pooled features and the ``(N,)`` patch id of
-        every position (see :func:`patches`).
-    """
-    if not isinstance(x, torch.Tensor) or x.ndim not in (2, 3) or not x.is_floating_point():
-        raise ValueError("x must be a floating-point tensor of shape (N, C) or (B, N, C), got "
-                         f"{getattr(x, 'shape', type(x).__name__)}")
-    if pool not in POOLS:
-        raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
-    n = x.shape[-2]
-    patch = patches(n, m, size).to(x.device)  # (N,)
-    mm = int(patch.max()) + 1
-    if pool == "avg":
-        p = patch_indicator(patch, mm, x.dtype)  # (M, N)
-        return (p / p.sum(1, keepdim=True)) @ x, patch  # (…, M, C)
-    idx = patch[:, None].expand(x.shape[-2:])  # (N, C)
-    idx = idx.expand(*x.shape[:-2], *idx.shape)
-    out = x.new_full((*x.shape[:-2], mm, x.shape[-1]), -torch.inf)
-    return out.scatter_reduce(-2, idx, x, reduce="amax"), patch
-
-
-def landmarks(n: int, m: int, strategy: str = "random", *, features: torch.Tensor | None = None,
-              size: tuple[int, int] | None = None, seed: int = 0,
-              kmeans_iterations: int = 25) -> torch.Tensor:
-    """Landmark row/column indices for :func:`nystrom`, sorted.
-
-    Args:
-        n: number of rows ``N``.
-        m: number of landmarks, ``1 ≤ M ≤ N``.
-        strategy: ``"random"`` (uniform without replacement), ``"even"`` (evenly spaced; with
-            ``size`` the centre of each cell of the pooling grid of :func:`patches`),
-            ``"kmeans"`` (Lloyd's k-means on ``features``, then the row nearest each centroid)
-            or ``"kmeans++"`` (the k-means++ seeding alone: D²-sampled rows). The paper's
-            pooled landmarks are not rows of ``A``: see :func:`pool_landmarks`.
-        features: ``(N, C)`` row features for the k-means strategies.
-        size: ``(H, W)`` map for ``"even"`` on a 2-D grid.
-        seed: seed of the random strategies.
-        kmeans_iterations: Lloyd iterations of ``"kmeans"``.
-
-    Returns:
-        ``(M,)`` int64 distinct indices in increasing order.
-    """
-    n = check_int(n, "n", 1)
-    if strategy == "pool":
-        raise ValueError("strategy='pool': pooled landmarks are averages of features, not rows "
-                         "of A; use pool_landmarks(x, m) or nystrom_softmax_attention(q, k, m)")
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-    if isinstance(m, bool) or not isinstance(m, int) or m < 1 or m > n:
-        raise ValueError(f"m (landmarks) must be an integer in [1, n={n}], got {m!r}")
-    g = torch.Generator().manual_seed(check_int(seed, "seed", 0))
-    if strategy == "random":
-        return torch.randperm(n, generator=g)[:m].sort().values
-    if strategy == "even":
-        size = _check_size(size, n)
-        if size is None:
-            return ((torch.arange(m) + 0.5) * n / m).floor().long()  # segment centres
-        h, w = size
-        mh, mw = _grid(m, size)
-        r = ((torch.arange(mh) + 0.5) * h / mh).floor().long()
-        c = ((torch.arange(mw) + 0.5) * w / mw).floor().long()
-        return (r[:, None] * w + c[None, :]).flatten().sort().values
-    if not isinstance(features, torch.Tensor) or features.ndim != 2 or features.shape[0] != n:
-        raise ValueError(f"strategy={strategy!r} needs features of shape (n={n}, C), got "
-                         f"{getattr(features, 'shape', features)}")
-    x = features.detach().double().cpu()
-    chosen = _kmeans_pp(x, m, g)
-    if strategy == "kmeans":
-        centres = x[chosen]
-        for _ in range(check_int(kmeans_iterations, "kmeans_iterations", 0)):
-            assign = torch.cdist(x, centres).argmin(1)  # (N,)
-            counts = torch.bincount(assign, minlength=m).double()
-            sums = torch.zeros_like(centres).index_add_(0, assign, x)
-            centres = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centres)
-        dist = torch.cdist(centres, x)  # (M, N)
-        chosen = []
-        for j in range(m):  # nearest row not yet taken
-            order = dist[j].argsort()
-            chosen.append(next(int(i) for i in order if int(i) not in chosen))
-        chosen = torch.tensor(chosen)
-    return chosen.sort().values
-
-
-def _kmeans_pp(x: torch.Tensor, m: int, g: torch.Generator) -> torch.Tensor:
-    """k-means++ seeding (Arthur & Vassilvitskii 2007): rows drawn with probability ∝ D²."""
-    n = x.shape[0]
-    chosen = [int(torch.randint(n, (1,), generator=g))]
-    d2 = (x - x[chosen[0]]).pow(2).sum(1)  # (N,)
-    for _ in range(1, m):
-        d2[chosen] = 0
-        weights = d2 if float(d2.sum()) > 0 else (d2 == 0).double().index_fill(0, torch.tensor(chosen), 0)
-        i = int(torch.multinomial(weights, 1, generator=g))
-        chosen.append(i)
-        d2 = torch.minimum(d2, (x - x[i]).pow(2).sum(1))
-    return torch.tensor(chosen)
 
 
 # ----------------------------------------------------------------------------- attention level
@@ -683,195 +537,3 @@ def nystrom_softmax_attention(
     w = _times_inverse(a_nm, a_mm, inverse, iterations, check=check)  # W = A_nm A_mm⁻¹ eq. (14)
     recon = w @ a_mn if return_reconstruction else None  # (…, N, N)
     return NystromAttention(w, a_mn, a_nm, a_mm, recon, patch)
-
-
-# ----------------------------------------------------------------------------- the derivation
-
-
-CHAIN_STEPS = ("(4)", "(5)", "(6)", "(7)", "(8)", "(9)")
-
-
-def paper_chain(A: torch.Tensor, rows, coefficient: str = "paper") -> dict[str, float]:
-    """The residual of every step of the paper's derivation (eqs. 3–9), as printed.
-
-    With the eigen-system ``A U = U Λ`` (3) (complex in general) and ``U_mn = U[S, :]`` the
-    ``m`` sampled rows of ``U``, the paper writes, for a coefficient ``Y = (n/m) U_mn``::
-
-        (4)  A_nm Y ≈ U Λ                      (the Nyström quadrature: the only approximation)
-        (5)  A_nm Y ≈ A U                      (4) matched against (3)
-        (6)  A_mm Y ≈ A_mn U                   the rows S of (5)
-        (7)  A_nm Y U⁻¹ ≈ A_nm A_mm⁻¹ A_mn     (6) times A_mm⁻¹, A_nm (left) and U⁻¹ (right)
-        (8)  U Λ U⁻¹ ≈ A_nm A_mm⁻¹ A_mn        (4) matched against (7)
-        (9)  A ≈ A_nm A_mm⁻¹ A_mn              (8) matched against (3)
-
-    (5)–(9) follow from (4) by substitution. ``coefficient="exists"`` replaces (4)'s ``(n/m)
-    U_mn`` by the least-squares ``Y`` of ``A_nm Y = A U``: an exact ``Y`` exists iff the columns
-    of ``A`` lie in the span of ``A_nm`` (``rank A = rank A_nm``); with ``A_mm`` invertible that is
-    ``rank A = m``, the theorem's condition, and then every step is an equality.
-
-    Args:
-        A: ``(N, N)`` square matrix (computed in complex128).
-        rows: ``(M,)`` distinct landmarks ``S`` with ``A[S, S]`` invertible.
-        coefficient: ``"paper"`` (``Y = (n/m) U_mn``) or ``"exists"`` (least-squares ``Y``).
-
-    Returns:
-        ``{"(4)": r4, …, "(9)": r9}``: ``‖lhs − rhs‖_F / ‖rhs‖_F`` of each step as written.
-    """
-    _check_matrix(A, square=True, why=" for an eigen-system")
-    if coefficient not in ("paper", "exists"):
-        raise ValueError(f"coefficient must be 'paper' or 'exists', got {coefficient!r}")
-    rows = _check_indices(rows, A.shape[0], "rows", A.device).cpu()
-    a = A.detach().to(torch.complex128).cpu()
-    n, m = a.shape[0], len(rows)
-    lam, u = torch.linalg.eig(a)  # (3): A U = U Λ
-    a_nm, a_mm, a_mn = a[:, rows], a[rows][:, rows], a[rows, :]
-    au = a @ u  # (N, N)
-    # (M, N): the paper's (n/m) U_mn, or the least-squares Y = argmin ‖A_nm Y − A U‖
-    y = (n / m) * u[rows, :] if coefficient == "paper" else torch.linalg.lstsq(a_nm, au).solution
-    u_inv = torch.linalg.inv(u)
-    nys = a_nm @ torch.linalg.solve(a_mm, a_mn)  # A_nm A_mm⁻¹ A_mn
-
-    def rel(lhs, rhs) -> float:
-        return float((lhs - rhs).norm() / rhs.norm().clamp_min(1e-300))
-
-    return {
-        "(4)": rel(a_nm @ y, u * lam),  # A_nm Y ≈ U Λ
-        "(5)": rel(a_nm @ y, au),  # A_nm Y ≈ A U
-        "(6)": rel(a_mm @ y, a_mn @ u),  # A_mm Y ≈ A_mn U
-        "(7)": rel(a_nm @ y @ u_inv, nys),  # A_nm Y U⁻¹ ≈ A_nm A_mm⁻¹ A_mn
-        "(8)": rel((u * lam) @ u_inv, nys),  # U Λ U⁻¹ ≈ A_nm A_mm⁻¹ A_mn
-        "(9)": rel(nys, a),  # A ≈ A_nm A_mm⁻¹ A_mn
-    }
-
-
-
-def derivation_gaps(A: torch.Tensor, rows) -> dict[str, float]:
-    """How far each "≈" of the eigen-system derivation of eq. (9) is from equality.
-
-    The classical Nyström argument of Williams & Seeger 2001, extended with left eigenvectors
-    for non-symmetric ``A`` (not the paper's chain as printed: see :func:`paper_chain`): with
-    eigenpairs ``A uᵢ = μᵢ uᵢ`` (``μ`` by decreasing modulus, complex in general) and
-    ``A_mm U_m = U_m Λ_m``, ``S`` = the landmarks:
-
-    * ``"quadrature"`` — (4): ``(N/M) A[:, S] uᵢ[S] ≈ μᵢ uᵢ`` (M-point quadrature of the
-      eigen-equation); median relative residual over the top ``min(M, 8)`` eigenpairs of A.
-    * ``"eigenvalues"`` — (5): ``(N/M) λᵢ(A_mm) ≈ μᵢ``; median relative error, same pairs.
-    * ``"extension"`` — (6)–(7): the Nyström-extended vectors ``ũᵢ = A_nm U_m[:, i] / λᵢ``
-      are ≈ eigenvectors of A; median over ``i`` of ``min_μ ‖A ũ − μ ũ‖ / ‖A ũ‖``.
-    * ``"biorthogonality"`` — (8): ``A ≈ Ũ ((N/M) Λ_m) Ṽ`` with the extended left vectors
-      ``Ṽ = (M/N) Λ_m⁻¹ U_m⁻¹ A_mn`` is the eigen-decomposition ``A = U M U⁻¹`` only if
-      ``Ṽ Ũ = I``; ``‖Ṽ Ũ − I‖_F / √M``. (The quadrature factors N/M cancel in (9).)
-    * ``"algebra"`` — (8)→(9): ``‖Ũ Λ_m Ṽ' − A_nm A_mm⁻¹ A_mn‖_F / ‖·‖_F`` (an identity;
-      ``Ṽ' = Λ_m⁻¹ U_m⁻¹ A_mn``).
-    * ``"error"`` — (9): ``‖A − Â‖_F / ‖A‖_F``.
-    * ``"complex_fraction"`` — share of ``A_mm``'s eigenvalues that are not real.
-
-    Args:
-        A: ``(N, N)`` square matrix (computed in complex128).
-        rows: ``(M,)`` distinct landmark indices with ``A_mm`` invertible.
-
-    Returns:
-        ``{name: float}`` as listed.
-    """
-    _check_matrix(A, square=True, why=" for an eigen-system")
-    rows = _check_indices(rows, A.shape[0], "rows", A.device)
-    a = A.detach().double().cpu()
-    rows = rows.cpu()
-    n, m = a.shape[0], len(rows)
-    a_nm, a_mm, a_mn = a[:, rows], a[rows][:, rows], a[rows, :]
-    mu, u = torch.linalg.eig(a)  # (N,), (N, N) complex
-    order = mu.abs().argsort(descending=True)
-    mu, u = mu[order], u[:, order]
-    lam, um = torch.linalg.eig(a_mm)  # (M,), (M, M)
-    order = lam.abs().argsort(descending=True)
-    lam, um = lam[order], um[:, order]
-    ac, k = a.to(torch.complex128), min(m, 8)
-    quad = [float(((n / m) * ac[:, rows] @ u[rows, i] - mu[i] * u[:, i]).norm()
-                  / (mu[i] * u[:, i]).norm().clamp_min(1e-300)) for i in range(k)]
-    eigval = [float(((n / m) * lam[i] - mu[i]).abs() / mu[i].abs().clamp_min(1e-300))
-              for i in range(k)]
-    u_ext = a_nm.to(torch.complex128) @ um / lam  # (N, M)   eq. (6)–(7), right vectors
-    v_ext = (torch.linalg.inv(um) @ a_mn.to(torch.complex128)) / lam[:, None]  # (M, N), left
-    au = ac @ u_ext  # (N, M)
-    rq = (u_ext.conj() * au).sum(0) / (u_ext.conj() * u_ext).sum(0)  # Rayleigh quotients
-    ext = ((au - rq * u_ext).norm(dim=0) / au.norm(dim=0).clamp_min(1e-300)).median()
-    biorth = ((m / n) * v_ext @ u_ext - torch.eye(m, dtype=torch.complex128)).norm() / math.sqrt(m)
-    recon_eig = (u_ext * lam) @ v_ext  # Ũ Λ_m Ṽ, (N, N)
-    recon = a_nm @ torch.linalg.solve(a_mm, a_mn)  # eq. (9)
-    return {
-        "quadrature": float(torch.tensor(quad).median()),
-        "eigenvalues": float(torch.tensor(eigval).median()),
-        "extension": float(ext),
-        "biorthogonality": float(biorth),
-        "algebra": float((recon_eig - recon).norm() / recon.norm()),
-        "error": float((a - recon).norm() / a.norm()),
-        "complex_fraction": float((lam.imag.abs() > 1e-9 * lam.abs()).double().mean()),
-    }
-
-
-# ----------------------------------------------------------------------------- cost
-
-
-def measure_cost(ns: Sequence[int], m: int = 64, channels: int = 64, *,
-                 device: str | torch.device = "cpu", repeats: int = 3,
-                 dtype: torch.dtype = torch.float32, seed: int = 0,
-                 inverse: str = "pinv") -> list[dict]:
-    """Time and memory of exact softmax attention vs the Nyström factors, for growing ``N``.
-
-    Exact: ``softmax_N(q kᵀ / √C) v`` through the ``N × N`` map. Nyström: pooled landmarks,
-    ``W = A_nm A_mm⁻¹`` and ``W (B v)``. The default ``inverse="pinv"`` never fails on random
-    inputs (whose pooled landmarks are nearly equal, so ``A_mm`` is nearly singular); on a GPU
-    ``"iterative"`` (matrix products only) avoids the SVD behind ``pinv``.
-
-    Args:
-        ns: numbers of positions ``N`` to measure.
-        m: landmarks ``M``.
-        channels: ``C`` of ``q, k, v``.
-        device: where to run.
-        repeats: timed runs per case (the minimum is kept, after one warm-up run).
-        dtype: computation dtype.
-        seed: seed of the random ``q, k, v``.
-        inverse: ``"pinv"`` or ``"iterative"`` (see :func:`nystrom`).
-
-    Returns:
-        one dict per ``N``: ``n``, ``exact_bytes`` (the N×N map), ``nystrom_bytes`` (N×M + M×M +
-        M×N), ``exact_s``, ``nystrom_s`` (seconds, best of ``repeats``) and
-        ``peak_exact_bytes`` / ``peak_nystrom_bytes`` on CUDA (None on CPU).
-    """
-    device = torch.device(device)
-    if inverse not in ("pinv", "iterative"):
-        raise ValueError(f"inverse must be 'pinv' or 'iterative' for random inputs, got {inverse!r}")
-    g = torch.Generator().manual_seed(seed)
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    rows = []
-    for n in ns:
-        n = check_int(n, "n", m)
-        q, k, v = (torch.randn(n, channels, generator=g, dtype=dtype).to(device) for _ in range(3))
-        scale = channels ** -0.5
-
-        def exact(q=q, k=k, v=v, scale=scale):
-            return softmax_attention(q, k, scale=scale) @ v  # (N, C) through the N × N map
-
-        def factored(q=q, k=k, v=v, scale=scale):
-            f = nystrom_softmax_attention(q, k, m, scale=scale, inverse=inverse)
-            return f.w @ (f.b @ v)  # CSALR's output W (B v), never the N × N map
-
-        row = {"n": n, "exact_bytes": n * n * itemsize, "nystrom_bytes": (2 * n * m + m * m) * itemsize}
-        for name, fn in (("exact", exact), ("nystrom", factored)):
-            fn()  # warm-up
-            times = []
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-                torch.cuda.reset_peak_memory_stats(device)
-                base = torch.cuda.memory_allocated(device)
-            for _ in range(check_int(repeats, "repeats", 1)):
-                t0 = time.perf_counter()
-                fn()
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                times.append(time.perf_counter() - t0)
-            row[f"{name}_s"] = min(times)
-            row[f"peak_{name}_bytes"] = (torch.cuda.max_memory_allocated(device) - base
-                                         if device.type == "cuda" else None)
-        rows.append(row)
-    return rows

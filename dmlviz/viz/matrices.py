@@ -11,20 +11,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dmlviz.attention.landmarks import STRATEGIES, landmarks
 from dmlviz.attention.nystrom import (
     INVERSES,
-    STRATEGIES,
-    landmarks,
     nystrom,
     nystrom_softmax_attention,
     relative_error,
     softmax_attention,
     svd_bound,
 )
-
-
-def _np(x) -> np.ndarray:
-    return x.detach().cpu().double().numpy() if torch.is_tensor(x) else np.asarray(x, float)
+from dmlviz.viz.arrays import to_numpy
 
 
 def plot_matrices(matrices: Mapping[str, torch.Tensor], *, signed: bool | None = None,
@@ -48,7 +44,7 @@ def plot_matrices(matrices: Mapping[str, torch.Tensor], *, signed: bool | None =
     """
     if not matrices:
         raise ValueError("plot_matrices needs at least one matrix")
-    arrays = {k: _np(v) for k, v in matrices.items()}
+    arrays = {k: to_numpy(v, np.float64) for k, v in matrices.items()}
     for k, a in arrays.items():
         if a.ndim != 2:
             raise ValueError(f"matrix {k!r} must be 2-D, got shape {a.shape}")
@@ -108,7 +104,7 @@ def plot_error_curves(ms: Sequence[int], curves: Mapping[str, object], *, bound=
         _, ax = plt.subplots(figsize=(5.4, 3.6))
     ms = np.asarray(ms)
     for label, errs in curves.items():
-        e = np.atleast_2d(_np(errs))
+        e = np.atleast_2d(to_numpy(errs, np.float64))
         if e.shape[1] != len(ms):
             raise ValueError(f"curve {label!r} has {e.shape[1]} points for {len(ms)} values of m")
         mean = np.nanmean(e, 0) if np.isfinite(e).any() else e[0]
@@ -116,7 +112,7 @@ def plot_error_curves(ms: Sequence[int], curves: Mapping[str, object], *, bound=
         if e.shape[0] > 1:
             ax.fill_between(ms, np.nanmin(e, 0), np.nanmax(e, 0), color=line.get_color(), alpha=0.2)
     if bound is not None:
-        ax.plot(ms, _np(bound), "k--", lw=1.5, label="SVD optimum (Eckart–Young)")
+        ax.plot(ms, to_numpy(bound, np.float64), "k--", lw=1.5, label="SVD optimum (Eckart–Young)")
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel("landmarks m")
@@ -148,7 +144,7 @@ def plot_spectra(spectra: Mapping[str, torch.Tensor], *, ax=None, normalize: boo
     if ax is None:
         _, ax = plt.subplots(figsize=(5.4, 3.6))
     for label, s in spectra.items():
-        s = _np(s)[:max_index]
+        s = to_numpy(s, np.float64)[:max_index]
         if normalize:
             s = s / s[0]
         ax.semilogy(np.arange(1, len(s) + 1), np.maximum(s, 1e-18), label=label)
@@ -210,7 +206,7 @@ def explorer_figure(feature_map: torch.Tensor, *, side: int = 14, grid: int = 4,
         feature_map: ``(C, H, W)`` features; rows are L2-normalised, ``A = softmax(x xᵀ / τ)``.
         side: the map is average-pooled to ``side`` rows (``N ≈ side²`` positions).
         grid: landmarks ``m = grid²`` (a ``grid × grid`` pooling grid, or ``grid²`` rows).
-        strategy: ``"pooled (CSALR)"`` or a :func:`dmlviz.attention.nystrom.landmarks` strategy.
+        strategy: ``"pooled (CSALR)"`` or a :func:`dmlviz.attention.landmarks.landmarks` strategy.
         inverse: ``"solve"``, ``"pinv"`` or ``"iterative"``.
         indicator: CSALR's indicator term (pooled landmarks only; the map it approximates is
             then ``A + 1(same patch)``, so the error against ``A`` grows).
