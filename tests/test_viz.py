@@ -75,3 +75,30 @@ def test_palette_gives_every_class_its_own_colour_and_marker():
     colours, symbols = point_styles([30, 10, 30, 20])
     assert colours == [OKABE_ITO[2], OKABE_ITO[0], OKABE_ITO[2], OKABE_ITO[1]]
     assert symbols[0] == "circle"
+
+
+def test_array_helpers_convert_scale_and_upsample():
+    """One converter for every figure: channels first → last, uint8 (or 0–255 floats) → [0, 1]
+    with ``unit=True``, one channel → three with ``rgb=True`` (else ``(H, W)`` for a colour map)."""
+    from dmlviz.viz.arrays import to_hwc, to_numpy, upsample
+
+    chw = torch.rand(3, 4, 5)
+    assert to_hwc(chw).shape == (4, 5, 3) and to_hwc(chw).dtype == np.float32
+    grey = torch.rand(1, 4, 5)
+    assert to_hwc(grey).shape == (4, 5) and to_hwc(grey, rgb=True).shape == (4, 5, 3)
+    assert to_hwc(np.zeros((4, 5)), rgb=True).shape == (4, 5, 3)
+    photo = np.full((4, 5, 3), 255, np.uint8)
+    assert to_hwc(photo).dtype == np.uint8  # unchanged without unit=True
+    np.testing.assert_array_equal(to_hwc(photo, unit=True), np.ones((4, 5, 3)))
+    hwc = (chw * 255).permute(1, 2, 0).double().numpy()
+    np.testing.assert_array_equal(to_hwc(chw * 255, unit=True), hwc / 255)
+    np.testing.assert_array_equal(to_hwc(chw, unit=True), chw.permute(1, 2, 0).double().numpy())
+    assert to_hwc(chw, unit=True).dtype == np.float64
+    x = torch.arange(6).reshape(2, 3)
+    assert to_numpy(x).dtype == np.int64 and to_numpy(x, np.float32).dtype == np.float32
+    assert to_numpy(torch.ones(2, dtype=torch.bfloat16), np.float32).tolist() == [1.0, 1.0]
+    assert to_numpy([1, 2], float).dtype == np.float64 and to_numpy([1, 2]).dtype.kind == "i"
+    cells = np.array([[1, 2], [3, 4]])
+    np.testing.assert_array_equal(upsample(cells, (4, 6)),
+                                  np.repeat(np.repeat(cells, 2, axis=0), 3, axis=1))
+    assert upsample(cells, (3, 3)).tolist() == [[1, 1, 2], [1, 1, 2], [3, 3, 4]]

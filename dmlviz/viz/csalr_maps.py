@@ -9,7 +9,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from dmlviz.viz.soa_maps import POINT_COLOURS, _as_image, _upsample
+from dmlviz.viz.arrays import to_hwc, upsample
+from dmlviz.viz.palette import POINT_COLOURS
 
 
 def _check_points(points, grid):
@@ -47,7 +48,7 @@ def plot_reconstruction_points(image, original: torch.Tensor, reconstructed: tor
         raise ValueError(f"original and reconstructed must be (N, N) with N = {h * w}, got "
                          f"{tuple(a.shape)} and {tuple(r.shape)}")
     _check_points(points, grid)
-    img = _as_image(image)
+    img = to_hwc(image, unit=True)
     sh, sw = img.shape[:2]
     if axes is None:
         fig, axes = plt.subplots(len(points), 3, figsize=(3 * size, size * len(points) + 0.4),
@@ -68,7 +69,7 @@ def plot_reconstruction_points(image, original: torch.Tensor, reconstructed: tor
         for j, (m, cmap, lo, hi, name) in enumerate(panels):
             ax = axes[i, j]
             ax.imshow(grey, cmap="gray", alpha=0.45, interpolation="nearest")
-            ax.imshow(_upsample(m, (sh, sw)), cmap=cmap, vmin=lo, vmax=hi, alpha=0.75,
+            ax.imshow(upsample(m, (sh, sw)), cmap=cmap, vmin=lo, vmax=hi, alpha=0.75,
                       interpolation="nearest")
             x, y = (pc + 0.5) * sw / w - 0.5, (pr + 0.5) * sh / h - 0.5
             ax.scatter([x], [y], s=50, c=POINT_COLOURS[i % len(POINT_COLOURS)],

@@ -8,13 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-
-def _to_hwc(image) -> np.ndarray:
-    """An image as something ``imshow`` takes: ``(H, W)`` or ``(H, W, 3)``."""
-    a = image.detach().cpu().numpy() if torch.is_tensor(image) else np.asarray(image)
-    if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
-        a = a.transpose(1, 2, 0)  # (C, H, W) -> (H, W, C)
-    return a[..., 0] if a.ndim == 3 and a.shape[-1] == 1 else a
+from dmlviz.viz.arrays import to_hwc
 
 
 def image_grid(
@@ -51,9 +45,9 @@ def image_grid(
         ax.axis("off")
         if i >= n:
             continue
-        ax.imshow(_to_hwc(images[i]), cmap=cmap, interpolation="nearest")
+        ax.imshow(to_hwc(images[i]), cmap=cmap, interpolation="nearest")
         if masks is not None:
-            ax.contour(_to_hwc(masks[i]).astype(float), levels=[0.5], colors="white",
+            ax.contour(to_hwc(masks[i]).astype(float), levels=[0.5], colors="white",
                        linewidths=0.8)
         if titles is not None:
             ax.set_title(titles[i], fontsize=7)

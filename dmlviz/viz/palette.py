@@ -16,6 +16,9 @@ OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")  # matplotlib
 PLOTLY_MARKERS = ("circle", "square", "triangle-up", "diamond", "triangle-down", "cross",
                   "x", "star")
+#: the numbered query points of the attention figures (SOA's Fig. 6, CSALR's Fig. 4), point i
+#: in colour ``i % 6``
+POINT_COLOURS = ("tab:cyan", "tab:orange", "tab:green", "tab:pink", "tab:olive", "tab:purple")
 
 
 def _classes(labels) -> np.ndarray:

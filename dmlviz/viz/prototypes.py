@@ -13,16 +13,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from dmlviz.viz.arrays import to_hwc
+
 __all__ = ["background_prototype", "crt_explorer", "plot_metric_panels", "plot_object_share",
            "plot_prototype_map", "prototype_row_names"]
-
-
-def _as_hwc(image) -> np.ndarray:
-    x = image.detach().cpu().numpy() if torch.is_tensor(image) else np.asarray(image)
-    if x.ndim == 3 and x.shape[0] in (1, 3) and x.shape[-1] not in (1, 3):
-        x = x.transpose(1, 2, 0)
-    x = x.astype(float) / (255.0 if x.dtype == np.uint8 or x.max() > 1.5 else 1.0)
-    return np.repeat(x, 3, axis=2) if x.shape[2] == 1 else x
 
 
 def plot_prototype_map(image, corr: torch.Tensor, *, lim: float | None = None, mask=None,
@@ -43,7 +37,7 @@ def plot_prototype_map(image, corr: torch.Tensor, *, lim: float | None = None, m
     if not torch.is_tensor(corr) or corr.ndim != 2:
         raise ValueError(f"corr must be a tensor (H, W), got "
                          f"{tuple(corr.shape) if torch.is_tensor(corr) else type(corr).__name__}")
-    img = _as_hwc(image)
+    img = to_hwc(image, unit=True, rgb=True)
     lim = float(corr.abs().max()) if lim is None else float(lim)
     fig, axes = plt.subplots(1, 2, figsize=(2 * size + 0.8, size + 0.4))
     axes[0].imshow(img, interpolation="nearest")

@@ -11,16 +11,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from dmlviz.viz.images import _to_hwc
-
-POINT_COLOURS = ("tab:cyan", "tab:orange", "tab:green", "tab:pink", "tab:olive", "tab:purple")
-
-
-def _as_image(image) -> np.ndarray:
-    """``(3, S, S)`` float in [0, 1] or ``(H, W, 3)`` uint8 → ``(H, W, 3)`` float in [0, 1]."""
-    a = _to_hwc(image)
-    a = a.astype(np.float64)
-    return a / 255.0 if a.max() > 1.5 else a
+from dmlviz.viz.arrays import to_hwc, upsample
+from dmlviz.viz.palette import POINT_COLOURS
 
 
 def pick_points(fraction: torch.Tensor, grid: tuple[int, int], n_object: int = 2,
@@ -33,7 +25,7 @@ def pick_points(fraction: torch.Tensor, grid: tuple[int, int], n_object: int = 2
     cells farthest from all points chosen so far.
 
     Args:
-        fraction: ``(N,)`` object fraction per cell (:func:`dmlviz.attention.second_order.object_fraction`).
+        fraction: ``(N,)`` object fraction per cell (:func:`dmlviz.masks.object_fraction`).
         grid: ``(H, W)`` with ``H·W = N``.
         n_object, n_background: how many points of each kind.
 
@@ -69,15 +61,6 @@ def pick_points(fraction: torch.Tensor, grid: tuple[int, int], n_object: int = 2
     return points, ["object"] * n_object + ["background"] * n_background
 
 
-def _upsample(cell_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour upsampling of an ``(H, W)`` cell map to the image's ``shape``
-    (each cell shown as the block of pixels it covers, no smoothing)."""
-    h, w = cell_map.shape
-    rows = np.minimum((np.arange(shape[0]) * h) // shape[0], h - 1)
-    cols = np.minimum((np.arange(shape[1]) * w) // shape[1], w - 1)
-    return cell_map[rows][:, cols]
-
-
 def plot_attention_points(image, attention: torch.Tensor, grid: tuple[int, int],
                           points: Sequence[tuple[int, int]], kinds: Sequence[str] | None = None,
                           mask=None, axes=None, title: str | None = None, size: float = 2.2):
@@ -111,13 +94,13 @@ def plot_attention_points(image, attention: torch.Tensor, grid: tuple[int, int],
     for r, c in points:
         if not (0 <= r < h and 0 <= c < w):
             raise ValueError(f"point {(r, c)} lies outside the {h}×{w} grid")
-    img = _as_image(image)
+    img = to_hwc(image, unit=True)
     sh, sw = img.shape[:2]
     if axes is None:
         fig, axes = plt.subplots(1, 1 + len(points), figsize=(size * (1 + len(points)), size * 1.1))
     axes = np.asarray(axes).reshape(-1)
     fig = axes[0].figure
-    m = _to_hwc(mask).astype(float) if mask is not None else None
+    m = to_hwc(mask).astype(float) if mask is not None else None
 
     def centre(r: int, c: int) -> tuple[float, float]:
         return (c + 0.5) * sw / w - 0.5, (r + 0.5) * sh / h - 0.5
@@ -136,7 +119,7 @@ def plot_attention_points(image, attention: torch.Tensor, grid: tuple[int, int],
         ax = axes[1 + i]
         row = a[r * w + c].reshape(h, w).numpy()
         ax.imshow(img.mean(axis=2), cmap="gray", alpha=0.45, interpolation="nearest")
-        ax.imshow(_upsample(row, (sh, sw)), cmap="inferno", alpha=0.7, vmin=0, vmax=row.max(),
+        ax.imshow(upsample(row, (sh, sw)), cmap="inferno", alpha=0.7, vmin=0, vmax=row.max(),
                   interpolation="nearest")
         x, y = centre(r, c)
         ax.scatter([x], [y], s=70, c=POINT_COLOURS[i % len(POINT_COLOURS)], edgecolors="white",
