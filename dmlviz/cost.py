@@ -139,10 +139,12 @@ def make_inputs(inputs, batch_size: int = 1, device: str | torch.device = "auto"
 
 
 class _EvalNoGrad:
-    """Eval mode and no autograd for a measurement; the module's mode is restored after."""
+    """Eval mode and no autograd for a measurement; every submodule's train/eval mode is
+    restored after (the device contract of :mod:`dmlviz`)."""
 
     def __init__(self, module: nn.Module):
-        self.module, self.was_training = module, module.training
+        self.module = module
+        self.modes = [(m, m.training) for m in module.modules()]
         self.no_grad = torch.no_grad()
 
     def __enter__(self):
@@ -151,7 +153,8 @@ class _EvalNoGrad:
 
     def __exit__(self, *exc):
         self.no_grad.__exit__(*exc)
-        self.module.train(self.was_training)
+        for m, training in self.modes:
+            m.training = training
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

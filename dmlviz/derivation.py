@@ -63,7 +63,7 @@ def paper_chain(A: torch.Tensor, rows, coefficient: str = "paper") -> dict[str, 
     check_matrix(A, square=True, why=" for an eigen-system")
     if coefficient not in ("paper", "exists"):
         raise ValueError(f"coefficient must be 'paper' or 'exists', got {coefficient!r}")
-    rows = check_indices(rows, A.shape[0], "rows", A.device).cpu()
+    rows = check_indices(rows, A.shape[0], "rows", A).cpu()
     a = A.detach().to(torch.complex128).cpu()
     n, m = a.shape[0], len(rows)
     lam, u = torch.linalg.eig(a)  # (3): A U = U Λ
@@ -116,7 +116,7 @@ def derivation_gaps(A: torch.Tensor, rows) -> dict[str, float]:
         ``{name: float}`` as listed.
     """
     check_matrix(A, square=True, why=" for an eigen-system")
-    rows = check_indices(rows, A.shape[0], "rows", A.device)
+    rows = check_indices(rows, A.shape[0], "rows", A)
     a = A.detach().double().cpu()
     rows = rows.cpu()
     n, m = a.shape[0], len(rows)
@@ -169,7 +169,7 @@ def skeleton_checks(A: torch.Tensor, rows) -> dict[str, float | int]:
         ``‖A‖₂ · N · eps``.
     """
     check_matrix(A, square=True, why=" for a Schur complement")
-    rows = check_indices(rows, A.shape[0], "rows", A.device)
+    rows = check_indices(rows, A.shape[0], "rows", A)
     n = A.shape[0]
     chosen = set(rows.tolist())
     rest = torch.tensor([i for i in range(n) if i not in chosen])  # R, (N − M,)

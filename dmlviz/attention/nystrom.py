@@ -116,11 +116,12 @@ def check_matrix(a, name: str = "A", square: bool = False, why: str = "") -> tor
     return a
 
 
-def check_indices(idx, n: int, name: str, device) -> torch.Tensor:
-    """Landmark indices as a ``(M,)`` int64 tensor on ``device``: 1-D, integer, non-empty,
-    ``M ≤ n``, in ``[0, n)`` and distinct (a repeated landmark makes ``A_mm`` singular);
-    otherwise ValueError naming ``name``, what was given and what is allowed."""
-    t = torch.as_tensor(idx, device=device)
+def check_indices(idx, n: int, name: str, like: torch.Tensor) -> torch.Tensor:
+    """Landmark indices as a ``(M,)`` int64 tensor on the device of ``like`` (the matrix they
+    index): 1-D, integer, non-empty, ``M ≤ n``, in ``[0, n)`` and distinct (a repeated landmark
+    makes ``A_mm`` singular); otherwise ValueError naming ``name``, what was given and what is
+    allowed."""
+    t = torch.as_tensor(idx, device=like.device)
     if t.ndim != 1 or t.is_floating_point() or t.dtype == torch.bool:
         raise ValueError(f"{name} must be a 1-D sequence of integer indices, got "
                          f"shape {tuple(t.shape)} and dtype {t.dtype}")
@@ -287,8 +288,8 @@ def nystrom(A: torch.Tensor, rows, cols=None, *, inverse: str = "solve",
     _check_inverse(inverse, iterations)
     check_matrix(A, square=cols is None,
                   why=" when cols is None (the same landmarks index rows and columns)")
-    rows = check_indices(rows, A.shape[0], "rows", A.device)
-    cols = rows if cols is None else check_indices(cols, A.shape[1], "cols", A.device)
+    rows = check_indices(rows, A.shape[0], "rows", A)
+    cols = rows if cols is None else check_indices(cols, A.shape[1], "cols", A)
     c = A[:, cols]  # (N, M')
     core = A[rows][:, cols]  # (M, M')
     r = A[rows, :]  # (M, N')
@@ -311,7 +312,7 @@ def schur_residual(A: torch.Tensor, rows, *, inverse: str = "solve") -> torch.Te
     """
     _check_inverse(inverse, 1)
     check_matrix(A, square=True, why=" for a Schur complement")
-    rows = check_indices(rows, A.shape[0], "rows", A.device)
+    rows = check_indices(rows, A.shape[0], "rows", A)
     keep = torch.ones(A.shape[0], dtype=torch.bool, device=A.device)
     keep[rows] = False
     rest = keep.nonzero().flatten()  # (N − M,)
