@@ -22,7 +22,7 @@ from torch import nn
 from dmlviz.attention.refine import PARAMETER_FREE, parameter_free
 from dmlviz.checks import as_tensor, check_embeddings, check_int, check_labels
 from dmlviz.metrics import knn
-from dmlviz.utils import get_device
+from dmlviz.utils import get_device, on_device
 
 __all__ = ["build_contexts", "purity_matched_contexts", "refine_embeddings"]
 
@@ -172,12 +172,20 @@ def refine_embeddings(refiner: nn.Module | str, embeddings: torch.Tensor, k: int
                              f"got {refiner!r}")
         if return_all:
             raise ValueError(f"return_all needs a NeighborRefiner ({refiner!r} has a single step)")
-        model = None
-    else:
-        model = refiner.to(device)
-        was_training = model.training
-        param_dtype = next(model.parameters()).dtype
-        model.eval()
+        return _refine(None, refiner, embeddings, reference, k, device, batch_size, return_all,
+                       chunk_size, dtype)
+    param_dtype = next(refiner.parameters()).dtype
+    with on_device(refiner, device) as model:  # back where and as it was afterwards
+        try:
+            return _refine(model, refiner, embeddings, reference, k, device, batch_size,
+                           return_all, chunk_size, dtype)
+        finally:
+            model.to(param_dtype)
+
+
+def _refine(model, refiner, embeddings, reference, k, device, batch_size, return_all, chunk_size,
+            dtype) -> torch.Tensor:
+    """The body of :func:`refine_embeddings`, with the model (or None) already on ``device``."""
     queries = F.normalize(embeddings.to(device).float(), dim=-1)  # (N, D)
     gallery = queries if reference is None else F.normalize(reference.to(device).float(), dim=-1)
     if dtype is not None:
@@ -190,16 +198,12 @@ def refine_embeddings(refiner: nn.Module | str, embeddings: torch.Tensor, k: int
     if model is not None and model.variant == "full":
         refined = model.refine_gallery(queries, gallery, idx, batch_size=batch_size,
                                        return_all=return_all)  # K/V once per gallery row
-        result = refined.float().cpu()
-    else:
-        out = []
-        for b in (slice(s, s + batch_size) for s in range(0, len(queries), batch_size)):
-            context = None if (model is not None and model.variant == "ca_only") else gallery[idx[b]]
-            refined = (parameter_free(refiner, queries[b], context) if model is None
-                       else model(queries[b], context, return_all=return_all))
-            out.append(refined.float().cpu())
-        result = torch.cat(out)
-    if model is not None:
-        model.to(param_dtype).train(was_training)
-    return result
+        return refined.float().cpu()
+    out = []
+    for b in (slice(s, s + batch_size) for s in range(0, len(queries), batch_size)):
+        context = None if (model is not None and model.variant == "ca_only") else gallery[idx[b]]
+        refined = (parameter_free(refiner, queries[b], context) if model is None
+                   else model(queries[b], context, return_all=return_all))
+        out.append(refined.float().cpu())
+    return torch.cat(out)
 
