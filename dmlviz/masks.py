@@ -62,7 +62,8 @@ def object_attention_mass(attn: torch.Tensor, fraction: torch.Tensor,
     queries, so the two numbers are directly comparable.
 
     Args:
-        attn: ``(B, N, N)`` attention rows (each sums to 1), e.g. from ``return_maps=True``.
+        attn: ``(B, N, N)`` attention rows (each sums to 1), e.g. ``SOAMaps.attention`` or
+            ``SelfAttentionMaps.attention`` of a block called with ``return_maps=True``.
         fraction: ``(B, N)`` object fraction per cell (:func:`object_fraction`).
         background_below: a query is *background* when its cell's object fraction is
             below this (default: no object pixel at all).
