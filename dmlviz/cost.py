@@ -51,7 +51,7 @@ from dmlviz.checks import check_int
 from dmlviz.utils import get_device
 
 __all__ = ["ModuleCost", "cost_table", "count_flops", "count_macs", "count_parameters",
-           "flops_by_operator", "format_cost_table", "images_per_second", "make_inputs",
+           "flops_by_operator", "format_cost_table", "images_per_second",
            "measure_cost", "module_cost", "peak_memory"]
 
 Inputs = torch.Tensor | tuple[torch.Tensor, ...]
@@ -94,7 +94,7 @@ def _check_module(module) -> None:
         raise ValueError(f"module must be a torch.nn.Module, got {type(module).__name__}")
 
 
-def make_inputs(inputs, batch_size: int = 1, device: str | torch.device = "auto",
+def _make_inputs(inputs, batch_size: int = 1, device: str | torch.device = "auto",
                 seed: int = 0) -> tuple[torch.Tensor, ...]:
     """Turn an input specification into a tuple of tensors for ``module(*inputs)``.
 
@@ -168,12 +168,12 @@ def flops_by_operator(module: nn.Module, inputs, batch_size: int = 1) -> dict[st
 
     Args:
         module: any ``nn.Module``; measured in eval mode without gradients.
-        inputs: as for :func:`make_inputs`.
+        inputs: as for ``_make_inputs``.
         batch_size: batch of the random inputs drawn from a shape.
     """
     _check_module(module)
     device = next((p.device for p in module.parameters()), torch.device("cpu"))
-    xs = make_inputs(inputs, batch_size, device)
+    xs = _make_inputs(inputs, batch_size, device)
     counter = FlopCounterMode(display=False)
     with _EvalNoGrad(module), counter:
         module(*xs)
@@ -185,14 +185,14 @@ def count_flops(module: nn.Module, inputs, batch_size: int = 1, per_image: bool 
 
     Args:
         module: any ``nn.Module``; measured in eval mode without gradients.
-        inputs: as for :func:`make_inputs` (a shape such as ``(112, 8, 8)`` is simplest).
+        inputs: as for ``_make_inputs`` (a shape such as ``(112, 8, 8)`` is simplest).
         batch_size: batch of the random inputs drawn from a shape.
         per_image: divide by the batch size (rows of the first input).
 
     Returns:
         The FLOP count (an integer).
     """
-    xs = make_inputs(inputs, batch_size, "cpu")
+    xs = _make_inputs(inputs, batch_size, "cpu")
     total = sum(flops_by_operator(module, xs).values())
     return total // len(xs[0]) if per_image else total
 
@@ -229,7 +229,7 @@ def images_per_second(module: nn.Module, inputs, batch_size: int = 32, repeats: 
 
     Args:
         module: any ``nn.Module`` (moved to ``device`` and back).
-        inputs: as for :func:`make_inputs`.
+        inputs: as for ``_make_inputs``.
         batch_size: batch of the random inputs drawn from a shape.
         repeats: timed passes; the median time is used.
         warmup: untimed passes first.
@@ -241,7 +241,7 @@ def images_per_second(module: nn.Module, inputs, batch_size: int = 32, repeats: 
     warmup = check_int(warmup, "warmup", 0)
     home = next((p.device for p in module.parameters()), torch.device("cpu"))
     device = get_device(device)
-    xs = make_inputs(inputs, batch_size, device)
+    xs = _make_inputs(inputs, batch_size, device)
     module.to(device)
     try:
         with _EvalNoGrad(module):
@@ -298,7 +298,7 @@ def peak_memory(module: nn.Module, inputs, batch_size: int = 32,
 
     Args:
         module: any ``nn.Module``; eval mode, no gradients.
-        inputs: as for :func:`make_inputs`.
+        inputs: as for ``_make_inputs``.
         batch_size: batch of the random inputs drawn from a shape.
         device: where to run (``"auto"``: CUDA when available; the module goes back to where
             its parameters were afterwards). CUDA uses the allocator's peak statistics, the CPU
@@ -307,7 +307,7 @@ def peak_memory(module: nn.Module, inputs, batch_size: int = 32,
     _check_module(module)
     home = next((p.device for p in module.parameters()), torch.device("cpu"))
     device = get_device(device)
-    xs = make_inputs(inputs, batch_size, device)
+    xs = _make_inputs(inputs, batch_size, device)
     module.to(device)
     try:
         with _EvalNoGrad(module):
@@ -335,7 +335,7 @@ def module_cost(module: nn.Module, inputs, *, batch_size: int = 32, repeats: int
 
     Args:
         module: any ``nn.Module`` mapping ``module(*inputs)``.
-        inputs: as for :func:`make_inputs`; a shape such as ``(112, 8, 8)`` is simplest.
+        inputs: as for ``_make_inputs``; a shape such as ``(112, 8, 8)`` is simplest.
         batch_size: batch for the time and memory measurements (FLOPs are per image).
         repeats, warmup: as for :func:`images_per_second`.
         device: where time and memory are measured (``"auto"``: CUDA when available).
@@ -347,7 +347,7 @@ def module_cost(module: nn.Module, inputs, *, batch_size: int = 32, repeats: int
     """
     _check_module(module)
     device = get_device(device)
-    xs = make_inputs(inputs, batch_size, "cpu")
+    xs = _make_inputs(inputs, batch_size, "cpu")
     one = tuple(x[:1] for x in xs)
     module_device = next((p.device for p in module.parameters()), torch.device("cpu"))
     flops = count_flops(module, tuple(x.to(module_device) for x in one))
@@ -430,7 +430,7 @@ def cost_table(modules: Mapping[str, nn.Module], inputs, **kwargs) -> dict[str, 
     if not isinstance(modules, Mapping) or not modules:
         raise ValueError(f"modules must be a non-empty mapping {{name: nn.Module}}, got "
                          f"{type(modules).__name__}")
-    xs = make_inputs(inputs, kwargs.get("batch_size", 32), "cpu")
+    xs = _make_inputs(inputs, kwargs.get("batch_size", 32), "cpu")
     return {name: module_cost(m, xs, **kwargs) for name, m in modules.items()}
 
 

@@ -10,6 +10,7 @@ from torch import nn
 
 from dmlviz.cost import (
     ModuleCost,
+    _make_inputs,  # noqa: F401  (private: what every measurement feeds)
     cost_table,
     count_flops,
     count_macs,
@@ -17,7 +18,6 @@ from dmlviz.cost import (
     flops_by_operator,
     format_cost_table,
     images_per_second,
-    make_inputs,
     measure_cost,
     module_cost,
     peak_memory,
@@ -123,7 +123,7 @@ def test_several_inputs():
             return a @ b
 
     assert count_flops(Add(), ((3, 4), (4, 5))) == 2 * 3 * 4 * 5
-    xs = make_inputs(((3, 4), (4, 5)), batch_size=2)
+    xs = _make_inputs(((3, 4), (4, 5)), batch_size=2)
     assert [tuple(x.shape) for x in xs] == [(2, 3, 4), (2, 4, 5)]
 
 
@@ -131,11 +131,11 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="module must be a torch.nn.Module"):
         count_parameters("conv")
     with pytest.raises(ValueError, match="inputs must be"):
-        make_inputs("x")
+        _make_inputs("x")
     with pytest.raises(ValueError, match="sizes >= 1"):
-        make_inputs((3, 0, 4))
+        _make_inputs((3, 0, 4))
     with pytest.raises(ValueError, match="batch_size"):
-        make_inputs((3, 4), batch_size=0)
+        _make_inputs((3, 4), batch_size=0)
     with pytest.raises(ValueError, match="repeats"):
         images_per_second(Double(), (3,), repeats=0)
     with pytest.raises(ValueError, match="modules must be a non-empty mapping"):

@@ -316,10 +316,6 @@ def case_local_global_maps(fn, device):
     given.left("local_global_maps")
 
 
-def case_make_inputs(fn, device):
-    on_cpu(fn(((3, 4), torch.randn(2, 5)), batch_size=2, device=device), "make_inputs")
-
-
 def case_images_per_second(fn, device):
     given = Given(_mlp())
     fn(given.model, (D,), batch_size=2, repeats=1, warmup=0, device=device)
@@ -383,7 +379,6 @@ CASES = {
     "dmlviz.attention.second_order.embed_intervened": case_embed_intervened,
     "dmlviz.features.extract_features": case_extract_features,
     "dmlviz.features.local_global_maps": case_local_global_maps,
-    "dmlviz.cost.make_inputs": case_make_inputs,
     "dmlviz.cost.images_per_second": case_images_per_second,
     "dmlviz.cost.peak_memory": case_peak_memory,
     "dmlviz.cost.module_cost": case_module_cost,
