@@ -10,7 +10,7 @@ from torch import nn
 
 from dmlviz.cost import (
     ModuleCost,
-    _make_inputs,  # noqa: F401  (private: what every measurement feeds)
+    _make_inputs,
     cost_table,
     count_flops,
     count_macs,
