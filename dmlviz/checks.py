@@ -3,6 +3,8 @@ what was given and what is allowed (instead of a broadcast error deep inside tor
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -109,6 +111,20 @@ def check_int(value, name: str, low: int, high: int | None = None) -> int:
     if value < low or (high is not None and value > high):
         allowed = f"[{low}, {high}]" if high is not None else f">= {low}"
         raise ValueError(f"{name} must be in {allowed}, got {value}")
+    return value
+
+
+def check_positive(value, name: str) -> float:
+    """``value`` as a float when it is a finite number > 0, else a ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def check_choice(value, name: str, choices: tuple):
+    """``value`` when it is one of ``choices``, else a ``ValueError`` listing them."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
     return value
 
 

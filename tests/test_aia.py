@@ -14,18 +14,20 @@ from dmlviz.attention.aia import (
     PAPER_COSTS,
     AiAMaps,
     KernelAttention,
-    RandomFourierFeatures,
     SEBlock,
     aia_from_se,
-    gaussian_kernel,
-    kernel_feature_dim,
     make_attention,
-    median_distance,
-    rff_kernel_error,
-    sop_features,
     table8_blocks,
     with_rff,
     zero_shares,
+)
+from dmlviz.attention.kernels import (
+    RandomFourierFeatures,
+    gaussian_kernel,
+    kernel_feature_dim,
+    median_distance,
+    rff_kernel_error,
+    sop_features,
 )
 from dmlviz.cost import count_flops, count_macs, count_parameters
 

@@ -28,7 +28,7 @@ def plot_kernel_error(errors: Mapping[str, Mapping[int, float]], ax=None):
     the first point of the first curve is the rate of Remark 3 / eq. (16).
 
     Args:
-        errors: ``{label: {c': mean absolute error}}`` (:func:`~dmlviz.attention.aia.rff_kernel_error`).
+        errors: ``{label: {c': mean absolute error}}`` (:func:`~dmlviz.attention.kernels.rff_kernel_error`).
         ax: matplotlib axes (default: a new figure).
 
     Returns:
