@@ -7,6 +7,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import matplotlib.colors as mcolors
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
@@ -95,6 +96,9 @@ def test_figures_and_animation_have_one_panel_or_frame_per_step():
     animation = dynamics.step_animation(maps, labels, movers=[40])
     assert len(animation.frames) == 5
     assert len(animation.layout.sliders[0].steps) == 5
+    assert animation.layout.sliders[0].active == 0  # opens at step 0, showing e⁰
+    assert np.allclose(animation.data[0].x, animation.frames[0].data[0].x)
+
     fig = dynamics.plot_recall_per_step({"T=4": [0.5, 0.55, 0.6, 0.6, 0.61]})
     assert len(fig.axes[0].get_lines()) == 1
     plt.close(fig)
@@ -105,6 +109,27 @@ def test_figures_and_animation_have_one_panel_or_frame_per_step():
     plt.close(fig)
     fig = dynamics.plot_step_geometry(dynamics.step_geometry(steps, labels))
     assert len(fig.axes) == 2  # the ratio on a twin axis
+    plt.close(fig)
+
+
+def test_static_map_and_animation_share_class_colours_and_a_legend():
+    """One Okabe–Ito colour and marker per class in both figures, and a legend in both."""
+    _, labels = _steps(n_steps=3)
+    maps = np.random.default_rng(0).normal(size=(3, len(labels), 2))
+    classes = np.unique(labels)
+    fig = dynamics.plot_step_maps(maps, labels, class_names={int(c): f"c{c}" for c in classes})
+    legend = fig.axes[-1].get_legend()
+    assert legend is not None and [t.get_text() for t in legend.get_texts()] == [
+        f"c{c}" for c in classes]
+    static = [mcolors.to_hex(h.get_facecolor()[0]) for h in fig.axes[-1].collections[:len(classes)]]
+    plt.close(fig)
+    animation = dynamics.step_animation(maps, labels)
+    points = [t for t in animation.data if t.mode == "markers"]
+    assert [t.marker.color.lower() for t in points] == static
+    assert animation.layout.showlegend
+    names = [f"c{c}" for c in range(int(classes.max()) + 1)]  # a list indexed by class id
+    fig = dynamics.plot_step_maps(maps, torch.as_tensor(labels), class_names=names)
+    assert fig.axes[-1].get_legend().get_texts()[0].get_text() == names[int(classes[0])]
     plt.close(fig)
 
 
@@ -127,7 +152,14 @@ def test_refinement_explorer_slider_spans_the_steps():
     box = dynamics.refinement_explorer(maps, labels, weights, neighbours, queries=[0, 7])
     step, query = box.children[0].children
     assert (step.min, step.max) == (0, 3)
-    assert list(query.options) == [0, 7]
+    assert [v for _, v in query.options] == [0, 7]
+    assert step.value == 0
+    box = dynamics.refinement_explorer(maps, labels, weights, neighbours, queries=[0, 7],
+                                       class_names={int(c): f"c{c}" for c in labels},
+                                       tags=["fixed", "broken"])
+    step, query = box.children[0].children
+    assert [lab for lab, _ in query.options] == [f"0: c{int(labels[0])} (fixed)",
+                                                f"7: c{int(labels[7])} (broken)"]
     step.value = 3  # redraws without error
     query.value = 7
     plt.close("all")

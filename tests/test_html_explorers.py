@@ -8,7 +8,12 @@ import pytest
 from test_report import CHROMIUM_ARGS, _open
 
 import dmlviz
-from dmlviz.viz.html_explorers import choice_explorer, click_explorer, query_maps
+from dmlviz.viz.html_explorers import (
+    choice_explorer,
+    click_explorer,
+    query_maps,
+    step_query_explorer,
+)
 
 
 def _maps(gh=4, gw=4, h=6, w=6):
@@ -29,6 +34,47 @@ def test_click_explorer_embeds_every_cell_and_checks_its_input():
         click_explorer(np.zeros((8, 8, 3)), {"a": _maps() * np.nan})
     with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
         click_explorer(np.zeros((8, 8)), {"a": _maps()})
+
+
+def _steps(t=3, n=30, k=4):
+    rng = np.random.default_rng(0)
+    maps = np.cumsum(rng.normal(size=(t + 1, n, 2)), axis=0)
+    nbr = np.stack([rng.choice(n, k, replace=False) for _ in range(n)])
+    return maps, np.arange(n) % 6, rng.random((n, t, 2, k)), nbr
+
+
+def test_step_query_explorer_opens_at_step_0_with_named_queries():
+    maps, labels, w, nbr = _steps()
+    fig, script = step_query_explorer(maps, labels, w, nbr, [3, 7], tags=["fixed", "broken"],
+                                      class_names=[f"c{i}" for i in range(6)])
+    assert fig.layout.sliders[0].active == 0 and len(fig.layout.sliders[0].steps) == 4
+    assert [b.label for b in fig.layout.updatemenus[0].buttons] == [
+        "query 3: c3 (fixed)", "query 7: c1 (broken)"]
+    assert fig.layout.annotations[1].text.startswith("step 0 = e⁰: no refinement block")
+    assert "blocks 1…{t}" in script and "plotly_sliderchange" in script
+    assert sum(t.type == "scatter" and t.showlegend is not False for t in fig.data) >= 6
+    with pytest.raises(ValueError, match="tags"):
+        step_query_explorer(maps, labels, w, nbr, [3, 7], tags=["fixed"])
+    with pytest.raises(ValueError, match="weights must be"):
+        step_query_explorer(maps, labels, w[:, :2], nbr, [3])
+
+
+def test_choice_explorer_panels_show_their_range():
+    fig = choice_explorer({"on": {"x": np.eye(3), "mask": 0.5 + 0.01 * np.eye(3)},
+                           "off": {"x": np.ones((3, 3)), "mask": np.full((3, 3), 0.5)}},
+                          buttons=True)
+    assert [a.text for a in fig.layout.annotations] == ["x: 0–1", "mask: 0.5–0.51"]
+    assert fig.layout.updatemenus[0].type == "buttons"
+    two = choice_explorer({"a": {"x": np.eye(2)}}, image=[np.zeros((4, 4, 3)), np.zeros((8, 8, 3))])
+    assert [t.type for t in two.data] == ["image", "image", "heatmap"]
+    with pytest.raises(ValueError, match="same panels"):
+        choice_explorer({"a": {"x": np.eye(2)}, "b": {"y": np.eye(2)}})
+
+
+def _console_errors(page) -> list:
+    errors = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    return errors
 
 
 @pytest.mark.browser
@@ -62,6 +108,26 @@ def test_explorers_change_the_view_offline_in_chromium(chromium, tmp_path):
             page.wait_for_timeout(300)
             assert plot.evaluate("el => JSON.stringify(el.data[0].z)") != before
             assert remote == remote2 == [] and errors == errors2 == [], (remote, errors, errors2)
+            maps, labels, w, nbr = _steps()
+            fig, script = step_query_explorer(maps, labels, w, nbr, [3, 7], tags=["a", "b"])
+            dmlviz.save_plotly(fig, "steps", post_script=script)
+            page, remote, errors = _open(browser, tmp_path / "figures" / "steps.html",
+                                         tmp_path / "steps.png")
+            console = _console_errors(page)
+            plot = page.locator(".js-plotly-plot")
+            heat = "el => JSON.stringify(el.data[el.data.length - 1].z)"
+            before = plot.evaluate(heat)
+            rail = page.locator(".slider-rail-rect").first.bounding_box()
+            page.mouse.click(rail["x"] + rail["width"] * 0.99, rail["y"] + rail["height"] / 2)
+            page.wait_for_timeout(300)
+            assert plot.get_attribute("data-step") == "3" and plot.evaluate(heat) != before
+            page.locator(".updatemenu-header-group").click()
+            page.locator(".updatemenu-item-text", has_text="query 7").click()
+            page.wait_for_timeout(300)
+            assert plot.get_attribute("data-query") == "7"
+            heading = plot.evaluate("el => el.layout.annotations[1].text")
+            assert heading == "attention of query 7 (b), blocks 1…3", heading
+            assert remote == [] and errors == [] and console == [], (remote, errors, console)
         finally:
             browser.close()
 

@@ -84,3 +84,27 @@ def test_claims_come_from_the_ledger(nb):
         if isinstance(literal, ast.Constant) and literal.value in CLAIMS:
             assert CLAIMS[literal.value].notebook == name, \
                 f"{literal.value} is registered for {CLAIMS[literal.value].notebook}, not {name}"
+
+
+MAX_CELL_LINES = 25  # a reader sees narrative between short cells, not walls of code
+
+
+def test_code_cells_are_short(nb):
+    long = {i: len(c.source.splitlines()) for i, c in enumerate(nb.cells)
+            if c.cell_type == "code" and len(c.source.splitlines()) > MAX_CELL_LINES}
+    assert not long, (f"code cells {long} (index: lines) exceed {MAX_CELL_LINES} lines: split them, "
+                      "or move helpers into the package")
+
+
+def test_no_function_or_class_defined_in_a_notebook(nb):
+    """Helpers live in the package, where they are documented and tested."""
+    defined = [(i, n.name) for i, c in enumerate(nb.cells) if c.cell_type == "code"
+               for n in ast.walk(ast.parse(_python(c.source)))
+               if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)]
+    assert not defined, f"(cell, name) {defined} define helpers in the notebook; move them to dmlviz"
+
+
+def _python(source: str) -> str:
+    """The cell without IPython magics and shell escapes (not Python syntax)."""
+    return "\n".join("" if line.lstrip().startswith(("%", "!")) else line
+                     for line in source.splitlines())

@@ -102,3 +102,41 @@ def test_array_helpers_convert_scale_and_upsample():
     np.testing.assert_array_equal(upsample(cells, (4, 6)),
                                   np.repeat(np.repeat(cells, 2, axis=0), 3, axis=1))
     assert upsample(cells, (3, 3)).tolist() == [[1, 1, 2], [1, 1, 2], [3, 3, 4]]
+
+
+def test_seeded_layers_share_projections_and_keep_the_old_scale():
+    """Notebook 02's factory: the projections depend only on ``init``; the scale is
+    std / spread · √G (the notebook's former inline ``layer``)."""
+    from dmlviz.attention.csalr import CSALR
+    from dmlviz.viz.csalr_maps import exact_and_reconstructed, seeded_layers
+
+    configs = {"paper": dict(indicator=True, inverse="solve"),
+               "iterative": dict(indicator=False, inverse="iterative")}
+    layer = seeded_layers(8, 4.0, configs, std=2.0, seed=3)
+    a, b = layer(4), layer(16, variant="iterative")
+    pa, pb = next(a.parameters()), next(b.parameters())
+    assert pa.dtype == torch.float64 and torch.equal(pa, pb)
+    torch.manual_seed(3)
+    old = CSALR(8, qk_channels=8, landmarks=4, groups=2, scale=2.0 / 4.0 * 2 ** 0.5,
+                indicator=True, inverse="solve").double()
+    new = layer(4, groups=2)
+    assert all(torch.equal(p, q) for p, q in zip(old.state_dict().values(),
+                                                 new.state_dict().values(), strict=True))
+    A, R = exact_and_reconstructed(layer, torch.randn(2, 8, 4, 4))(1, 4, 1)
+    assert A.shape == R.shape == (16, 16)
+    with pytest.raises(ValueError, match="default must be one of"):
+        seeded_layers(8, 1.0, configs, default="nope")
+
+
+def test_convergence_explorer_has_a_slider_that_redraws():
+    import matplotlib.pyplot as plt
+
+    from dmlviz.viz.soa_maps import convergence_explorer
+
+    h = History(eval_epochs=[0, 1, 2, 3], metrics={"recall@1": [0.1, 0.3, 0.4, 0.45]})
+    box = convergence_explorer({"ms": [h, h], "pa": [h]})
+    choice, upto = box.children[0].children
+    assert (upto.min, upto.max, upto.value) == (1, 3, 3)
+    upto.value = 1  # redraws without error
+    choice.value = "pa"
+    plt.close("all")

@@ -1,5 +1,6 @@
 """CSALR figures: original vs reconstructed attention at chosen points (Chen et al., Fig. 4),
-the cost of the attention variants (Table 5) and an ipywidgets explorer (photo, point, m, groups)."""
+the cost of the attention variants (Table 5), an ipywidgets explorer (photo, point, m, groups)
+and the seeded untrained layers notebook 02 draws its maps from (:func:`seeded_layers`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from dmlviz.attention.csalr import CSALR
 from dmlviz.viz.arrays import to_hwc, upsample
 from dmlviz.viz.palette import POINT_COLOURS
 
@@ -166,3 +168,54 @@ def csalr_explorer(images: Sequence, maps_fn: Callable[[int, int, int], tuple[to
         wdg.observe(draw, names="value")
     draw()
     return widgets.VBox([widgets.HBox([photo, row, col]), widgets.HBox([m, g]), out])
+
+
+def seeded_layers(channels: int, spread: float, configs: Mapping[str, Mapping], *,
+                  std: float = 1.0, seed: int = 0, default: str | None = None):
+    """A factory of untrained float64 CSALR layers with a chosen logit spread (notebook 02).
+
+    Every layer draws its 1×1 projections right after ``torch.manual_seed(init)``, so layers
+    that differ only in ``m``, groups, variant or temperature share their projections. A
+    layer's scale is ``std / spread · √G``: ``spread`` is the logit spread of a row at scale 1
+    on the features shown, and with ``G`` groups each head sees ``C/G`` channels, which the
+    ``√G`` compensates.
+
+    Args:
+        channels: ``C`` of the feature map (also the query/key channels ``C'``).
+        spread: the measured logit spread per row at scale 1.
+        configs: variant name → CSALR keyword arguments (``indicator``, ``inverse``).
+        std: the default logit spread per row.
+        seed: the default seed of the projections.
+        default: the default variant (the first of ``configs`` if not given).
+
+    Returns:
+        ``layer(m, groups=1, variant=default, std=std, init=seed)`` → a float64 :class:`CSALR`
+        with ``m`` landmarks.
+    """
+    if not configs:
+        raise ValueError("configs must name at least one variant")
+    default = next(iter(configs)) if default is None else default
+    if default not in configs:
+        raise ValueError(f"default must be one of {list(configs)}, got {default!r}")
+
+    def layer(m, groups: int = 1, variant: str = default, std: float = std,
+              init: int = seed) -> CSALR:
+        torch.manual_seed(init)  # the same projections for every m, variant and temperature
+        return CSALR(channels, qk_channels=channels, landmarks=m, groups=groups,
+                     scale=std / spread * groups ** 0.5, **configs[variant]).double()
+
+    return layer
+
+
+def exact_and_reconstructed(layer: Callable[..., CSALR], feature_maps: torch.Tensor):
+    """``maps_fn`` of :func:`csalr_explorer`: ``(i, m, G)`` → the exact map ``A`` and its
+    reconstruction ``W·B`` (first head, ``(N, N)`` each) of image ``i`` of ``(B, C, H, W)``
+    ``feature_maps``, from ``layer(m, groups=G)`` (e.g. :func:`seeded_layers`)."""
+    def maps_fn(i: int, m, groups: int):
+        with torch.no_grad():
+            mod = layer(m, groups=groups)
+            xi = feature_maps[i:i + 1].double()
+            return mod.full_attention(xi)[0, 0], mod.reconstruction(xi)[0, 0]
+
+    return maps_fn
+

@@ -268,21 +268,26 @@ def soa_point_explorer(images, attention: torch.Tensor, grid: tuple[int, int], m
 
 
 def convergence_explorer(curves: Mapping[str, Sequence], metric: str = "recall@1"):
-    """ipywidgets: a drop-down picks one loss (or all) and shows its convergence curves."""
+    """ipywidgets: a drop-down picks one loss (or all) and a slider the last epoch shown (zoom
+    on the early epochs, where convergence speeds differ); shows the convergence curves."""
     import ipywidgets as widgets
     from IPython.display import display
 
+    last = max(max(h[0].eval_epochs) for h in curves.values())
     out = widgets.Output()
     choice = widgets.Dropdown(options=["all", *curves], value="all", description="loss")
+    upto = widgets.IntSlider(value=last, min=1, max=max(last, 1), description="up to epoch")
 
     def redraw(change=None):
         with out:
             out.clear_output(wait=True)
             shown = curves if choice.value == "all" else {choice.value: curves[choice.value]}
             fig = plot_convergence(shown, metric)
+            fig.axes[0].set_xlim(-0.3, upto.value + 0.3)
             display(fig)
             plt.close(fig)
 
     choice.observe(redraw, names="value")
+    upto.observe(redraw, names="value")
     redraw()
-    return widgets.VBox([choice, out])
+    return widgets.VBox([widgets.HBox([choice, upto]), out])

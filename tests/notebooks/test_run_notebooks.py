@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from book_driver import merge_runs
+from test_book_browser import check_book
 
 from dmlviz import baseline, runner
 
@@ -58,8 +60,8 @@ def check_output_hygiene(executed: Path) -> None:
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("name", NAMES)
-def test_notebook_quick_cpu(name, tmp_path, claims_ledger):
-    summary = run_and_check(name, "cpu", tmp_path, claims_ledger)
+def test_notebook_quick_cpu(name, quick_runs, claims_ledger):
+    summary = run_and_check(name, "cpu", quick_runs.dir(name), claims_ledger)
     assert summary["device_resolved"] == "cpu"
 
 
@@ -70,3 +72,15 @@ def test_notebook_quick_cuda(name, tmp_path, claims_ledger):
     summary = run_and_check(name, "cuda", tmp_path, claims_ledger)
     assert summary["device_resolved"] == "cuda"
     assert summary["notebooks"][name]["parameters"]["device"] == "cuda"
+
+
+@pytest.mark.notebook
+@pytest.mark.browser
+def test_book_of_the_quick_runs_in_chromium(quick_runs, chromium, tmp_path):
+    """The course book of the runs above (no notebook is executed again): previous/next
+    through every chapter, the kernel-free explorers of 02, 03 and 04–06 used once each."""
+    missing = [n for n in NAMES if n not in quick_runs.runs]
+    if missing:
+        pytest.skip(f"needs this session's quick runs of every notebook; not run: {missing}")
+    run = merge_runs({n: quick_runs.runs[n] / "run" for n in NAMES}, tmp_path / "run")
+    check_book(chromium, run, tmp_path / "book", NAMES)

@@ -1,0 +1,171 @@
+"""Walk a course book in headless Chromium (used by ``tests/test_book_browser.py`` and by the
+book test at the end of ``tests/notebooks/test_run_notebooks.py``).
+
+* :func:`merge_runs` joins one-notebook run directories (what the notebook tests write, one
+  per notebook) into one run directory a book can be built from, without copying anything
+  but the summary: every path is rewritten to point into its own run.
+* :func:`walk_book` opens the book, follows "next" from the cover through every chapter and
+  "previous" back to the first, and on the way opens the kernel-free explorers of chapters
+  that have them and uses each once (a click on the image, a drop-down choice, a button, the
+  step slider), checking that the view changed. Every page is loaded with every non-file
+  request blocked and recorded; page errors and console errors are collected (MathJax 2's
+  font fallbacks apart: see :func:`_font_probe`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-proxy-server", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+PATH_KEYS = ("executed", "html", "log")
+# what the plot shows: its heat maps and its points, as plotly.js decoded them (``data`` may
+# still hold the page's base64 arrays, which never equal the lists a restyle puts there)
+VIEW = ("el => JSON.stringify(el._fullData.map(t => t.type === 'heatmap' ? "
+        "Array.from(t.z, r => Array.from(r, v => v)) : t.type === 'scatter' ? "
+        "[Array.from(t.x || []), Array.from(t.y || [])] : null))")
+
+
+def merge_runs(runs: dict[str, Path], dest: Path) -> Path:
+    """One run directory (``dest``, a ``summary.json`` only) whose notebooks are those of the
+    one-notebook ``runs`` (name → run directory); returns ``dest``."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    merged: dict = {}
+    for name in sorted(runs):
+        run = Path(runs[name]).resolve()
+        summary = json.loads((run / "summary.json").read_text())
+        nb = dict(summary["notebooks"][name])
+        for key in PATH_KEYS:  # absolute: RUN_DIR / absolute path is that path
+            if nb.get(key):
+                nb[key] = str(run / nb[key])
+        nb["figures"] = [str(run / f) for f in nb.get("figures", [])]
+        merged = merged or {k: v for k, v in summary.items() if k != "notebooks"}
+        merged.setdefault("notebooks", {})[name] = nb
+    (dest / "summary.json").write_text(json.dumps(merged, indent=2, ensure_ascii=False))
+    return dest
+
+
+def _font_probe(message) -> bool:
+    """MathJax 2's font fallbacks: it probes ``@font-face`` with a font at about:blank and
+    tries TeX .otf fonts the offline copy does not ship (formulas still render, in STIX-Web).
+    Logged apart from the other console errors."""
+    where = message.location.get("url", "")
+    return (where.startswith("about:blank") or "/_static/mathjax/fonts/" in where
+            or message.text.startswith("Access to font at 'about:blank'"))
+
+
+def _console(page, log: dict, message) -> None:
+    if message.type == "error":
+        key = "font_probes" if _font_probe(message) else "console"
+        log.setdefault(key, []).append(f"{page.url}: {message.text}")
+
+
+def _page(browser, url: str, log: dict):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.on("pageerror", lambda e: log["errors"].append(f"{page.url}: {e}"))
+    page.on("console", lambda m: _console(page, log, m))
+
+    def route(r):
+        if r.request.url.startswith("file:"):
+            r.continue_()
+        else:
+            log["remote"].append(r.request.url)
+            r.abort()
+
+    page.route("**/*", route)
+    page.goto(url)
+    page.wait_for_load_state("load")
+    if "/figures/" in url:
+        page.wait_for_selector(".js-plotly-plot", timeout=15_000)
+    return page
+
+
+def choose_second(page) -> str:
+    """Open the drop-down of ``page`` (it opens on its first entry) and choose its second
+    entry (a long list runs past the viewport); returns the entry's text."""
+    page.locator(".updatemenu-header-group").first.click()
+    entry = page.locator(".updatemenu-dropdown-button .updatemenu-item-text").nth(1)
+    text = entry.text_content()
+    entry.click()
+    return text
+
+
+def use_explorer(page) -> str:
+    """Use the explorer on ``page`` once; return what was done. Raises AssertionError when
+    the view did not change."""
+    plot = page.locator(".js-plotly-plot").first
+    before = plot.evaluate(VIEW)
+    if page.locator(".slider-rail-rect").count():  # step slider, then the query picker
+        rail = page.locator(".slider-rail-rect").first.bounding_box()
+        page.mouse.click(rail["x"] + rail["width"] * 0.99, rail["y"] + rail["height"] / 2)
+        page.wait_for_timeout(400)
+        assert plot.get_attribute("data-step") not in (None, "0"), "the step slider did not move"
+        moved = plot.evaluate(VIEW)
+        assert moved != before, "the step slider did not change the view"
+        query = plot.get_attribute("data-query")
+        choose_second(page)
+        page.wait_for_timeout(400)
+        assert plot.get_attribute("data-query") != query, "the query picker chose no new query"
+        before = moved
+        kind = "step slider and query picker"
+    elif plot.get_attribute("data-cell") is not None:  # click a point on the image
+        start = plot.get_attribute("data-cell")
+        box = page.locator(".xy .nsewdrag").first.bounding_box()
+        page.mouse.click(box["x"] + box["width"] * 0.15, box["y"] + box["height"] * 0.2)
+        page.wait_for_timeout(400)
+        assert plot.get_attribute("data-cell") != start, "a click on the image chose no new cell"
+        kind = "click on the image"
+    elif page.locator(".updatemenu-button").count():  # a row of buttons
+        button = page.locator(".updatemenu-button").last
+        kind = f"button {button.text_content()!r}"
+        button.click()
+    else:  # a drop-down
+        kind = f"drop-down choice {choose_second(page)!r}"
+    page.wait_for_timeout(400)
+    after = plot.evaluate(VIEW)
+    assert after != before, f"the {kind} did not change the view"
+    return kind
+
+
+def walk_book(chromium: str, site: Path, shots: Path | None = None) -> dict:
+    """Walk the book in ``site`` (see the module docstring). Returns ``{"chapters": [chapters
+    in "next" order], "back": [chapters reached by "previous" from the last], "explorers":
+    {chapter: {page: what was done}}, "remote": [...], "errors": [...], "console": [...],
+    "font_probes": [...]}`` (MathJax's font fallbacks, kept apart from "console");
+    screenshots of every chapter and explorer go to ``shots`` if given."""
+    from playwright.sync_api import sync_playwright
+
+    log = {"chapters": [], "explorers": {}, "remote": [], "errors": [], "console": [],
+           "font_probes": []}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = _page(browser, (site / "index.html").resolve().as_uri(), log)
+            while page.locator('.book-pager a[rel="next"]').count():
+                page.locator('.book-pager a[rel="next"]').first.click()
+                page.wait_for_load_state("load")
+                chapter = page.locator("nav.book-side a.current").get_attribute("data-chapter")
+                log["chapters"].append(chapter)
+                if shots is not None:
+                    page.screenshot(path=str(shots / f"{chapter}.png"))
+                links = page.locator('.book-card a[href*="explorer"]')
+                for i in range(links.count()):
+                    href = links.nth(i).get_attribute("href")
+                    explorer = _page(browser, page.url.rsplit("/", 1)[0] + "/" + href, log)
+                    log["explorers"].setdefault(chapter, {})[Path(href).name] = \
+                        use_explorer(explorer)
+                    if shots is not None:
+                        explorer.screenshot(path=str(shots / f"{Path(href).stem}.png"))
+                    explorer.close()
+            back = []  # "previous" from the last chapter to the first
+            for _ in range(len(log["chapters"]) - 1):
+                page.locator('.book-pager a[rel="prev"]').first.click()
+                page.wait_for_load_state("load")
+                back.append(page.locator("nav.book-side a.current").get_attribute("data-chapter"))
+            log["back"] = back
+        finally:
+            browser.close()
+    return log
