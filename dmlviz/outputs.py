@@ -172,6 +172,8 @@ def save_figure(fig, name: str, dpi: int = 150, formats: tuple[str, ...] = ("png
 def save_plotly(fig, name: str, post_script: str | None = None) -> None:
     """Save a plotly figure as a standalone ``<name>.html`` that renders offline
     (``output_dir() / "figures" / f"{name}.html"``); ``post_script`` is JavaScript run after
-    the figure is drawn (a kernel-free explorer's, :mod:`dmlviz.viz.html_explorers`)."""
+    the figure is drawn (a kernel-free explorer's, :mod:`dmlviz.viz.html_explorers`). An
+    animation opens on its first frame (plotly would play it through on load)."""
     for p in _figure_paths(name, ".html"):
-        fig.write_html(p, include_plotlyjs=True, full_html=True, post_script=post_script)
+        fig.write_html(p, include_plotlyjs=True, full_html=True, post_script=post_script,
+                       auto_play=False)

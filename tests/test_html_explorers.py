@@ -8,6 +8,7 @@ import pytest
 from test_report import CHROMIUM_ARGS, _open
 
 import dmlviz
+from dmlviz.viz.dynamics import step_animation
 from dmlviz.viz.html_explorers import (
     choice_explorer,
     click_explorer,
@@ -128,6 +129,13 @@ def test_explorers_change_the_view_offline_in_chromium(chromium, tmp_path):
             heading = plot.evaluate("el => el.layout.annotations[1].text")
             assert heading == "attention of query 7 (b), blocks 1…3", heading
             assert remote == [] and errors == [] and console == [], (remote, errors, console)
+            dmlviz.save_plotly(step_animation(maps, labels), "animation")
+            page, remote, errors = _open(browser, tmp_path / "figures" / "animation.html",
+                                         tmp_path / "animation.png")
+            page.wait_for_timeout(1200)  # plotly's auto-play would have moved on by now
+            plot = page.locator(".js-plotly-plot")
+            assert plot.evaluate("el => el.layout.sliders[0].active") == 0  # opens at step 0
+            assert remote == [] and errors == [], (remote, errors)
         finally:
             browser.close()
 
