@@ -11,8 +11,13 @@ M     landmarks (Nyström / CSALR)
 D     embedding dimension
 K     neighbours (refinement) or prototypes (CRT)
 T     refinement steps
+G     attention groups (CSALR) or heads (``heads`` in the refiner's shapes)
 S     image side length (square images)
 ====  ==========================================================
+
+Symbols of a paper keep the paper's letter where it is a name, not a shape: CSALR's factor
+matrices are ``CSALRMaps.W`` ``(B, G, N, M)`` and ``CSALRMaps.B`` ``(B, G, M, N)`` as in eqs.
+(11)–(16), although ``B`` is also the batch size of the shapes.
 
 Device contract, followed by every public function of the package that takes ``device=``:
 

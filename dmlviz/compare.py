@@ -358,7 +358,7 @@ def run_benchmark(bench: Benchmark, methods: Sequence[str], seeds: Sequence[int]
         grid = tuple(bench.train_maps[0].shape[2:])
         head, _ = train_head(method.head, head_inputs(method.head, bench.train_maps),
                              bench.train_labels, embedding_dim=embedding_dim, seed=s,
-                             epochs=epochs, p=p, k=4, lr=1e-3, loss_lr=1e-1, eval_every=epochs,
+                             epochs=epochs, p=p, k=4, lr=1e-3, eval_every=epochs,
                              device=device, **method_options(name, grid, options))
         train_emb = _embed(name, head, bench.train_maps, device)
         test_emb = _embed(name, head, bench.test_maps, device)

@@ -168,7 +168,8 @@ def flops_by_operator(module: nn.Module, inputs, batch_size: int = 1) -> dict[st
 
     Args:
         module: any ``nn.Module``; measured in eval mode without gradients.
-        inputs: as for ``_make_inputs``.
+        inputs: a tensor ``(B, ...)``, a tuple of tensors, or the shape of one input without the batch
+            (e.g. ``(112, 8, 8)``; a seeded standard-normal batch is drawn) or a tuple of shapes.
         batch_size: batch of the random inputs drawn from a shape.
     """
     _check_module(module)
@@ -185,7 +186,8 @@ def count_flops(module: nn.Module, inputs, batch_size: int = 1, per_image: bool 
 
     Args:
         module: any ``nn.Module``; measured in eval mode without gradients.
-        inputs: as for ``_make_inputs`` (a shape such as ``(112, 8, 8)`` is simplest).
+        inputs: a tensor ``(B, ...)``, a tuple of tensors, or the shape of one input without the batch
+            (e.g. ``(112, 8, 8)``; a seeded standard-normal batch is drawn) or a tuple of shapes.
         batch_size: batch of the random inputs drawn from a shape.
         per_image: divide by the batch size (rows of the first input).
 
@@ -229,7 +231,8 @@ def images_per_second(module: nn.Module, inputs, batch_size: int = 32, repeats: 
 
     Args:
         module: any ``nn.Module`` (moved to ``device`` and back).
-        inputs: as for ``_make_inputs``.
+        inputs: a tensor ``(B, ...)``, a tuple of tensors, or the shape of one input without the batch
+            (e.g. ``(112, 8, 8)``; a seeded standard-normal batch is drawn) or a tuple of shapes.
         batch_size: batch of the random inputs drawn from a shape.
         repeats: timed passes; the median time is used.
         warmup: untimed passes first.
@@ -298,7 +301,8 @@ def peak_memory(module: nn.Module, inputs, batch_size: int = 32,
 
     Args:
         module: any ``nn.Module``; eval mode, no gradients.
-        inputs: as for ``_make_inputs``.
+        inputs: a tensor ``(B, ...)``, a tuple of tensors, or the shape of one input without the batch
+            (e.g. ``(112, 8, 8)``; a seeded standard-normal batch is drawn) or a tuple of shapes.
         batch_size: batch of the random inputs drawn from a shape.
         device: where to run (``"auto"``: CUDA when available; the module goes back to where
             its parameters were afterwards). CUDA uses the allocator's peak statistics, the CPU
@@ -335,7 +339,8 @@ def module_cost(module: nn.Module, inputs, *, batch_size: int = 32, repeats: int
 
     Args:
         module: any ``nn.Module`` mapping ``module(*inputs)``.
-        inputs: as for ``_make_inputs``; a shape such as ``(112, 8, 8)`` is simplest.
+        inputs: a tensor ``(B, ...)``, a tuple of tensors, or the shape of one input without the batch
+            (e.g. ``(112, 8, 8)``; a seeded standard-normal batch is drawn) or a tuple of shapes.
         batch_size: batch for the time and memory measurements (FLOPs are per image).
         repeats, warmup: as for :func:`images_per_second`.
         device: where time and memory are measured (``"auto"``: CUDA when available).

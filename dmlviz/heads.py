@@ -11,6 +11,7 @@ registry entry: a builder ``(in_channels, embedding_dim, num_classes, **options)
 ==================  ====================================================  ==================
 name                head                                                  objective (paper)
 ==================  ====================================================  ==================
+``linear``          linear map of feature vectors ``(B, C)``              MS
 ``baseline``        GAP → linear (:class:`PooledEmbedder`, no attention)  MS
 ``sa``, ``csalr``   self-attention / CSALR block → GAP → linear           MS + λ CE (eq. 18)
 ``soa``             global + local heads with second-order attention      MS + 0.03 PA (eq. 7)
@@ -29,8 +30,37 @@ CRT — ``num_prototypes``, ``branch_prototypes``, ``branch_dims``, ``branch_met
 ``refiner`` — ``num_blocks``, ``num_heads``, ``variant``.
 
 Neighbour refinement trains on ``(e⁰, contexts)`` pairs rather than maps:
-:func:`train_refiner` builds the contexts (:func:`dmlviz.neighbours.build_contexts`) and can
-stop early on held-out classes.
+:func:`train_refiner` is Alg. 1 — it builds the contexts
+(:func:`dmlviz.neighbours.build_contexts`), flushes denormals and can stop early on held-out
+classes; ``train_head("refiner", (e⁰, contexts), …)`` trains on contexts you give, nothing else.
+
+Where the heads differ from the papers (every notebook says so where it trains them)
+-----------------------------------------------------------------------------------
+All heads sit on **frozen** backbone maps (EfficientNet-Lite0, no fine-tuning) and are trained
+with P×K batches (:class:`dmlviz.data.PKSampler`) and AdamW — the course's one budget, not each
+paper's backbone, batch or schedule.
+
+* **CSALR / SA** (Chen et al., sections 3.2–3.3): one block on one map, so eq. (18) has one
+  deep-supervision branch (the paper puts N = 3 modules inside a trained backbone); the metric
+  loss ``L_F`` is multi-similarity (the paper keeps each re-ID method's own loss). The block's
+  default is ``groups=1``; the paper's setting, 2 groups, is what notebook 02 passes
+  (``groups=2``); notebook 07's ``csalr`` row keeps the default.
+* **SOA** (Ebrahimpour et al., section 4.2): ``loss_lr = 0.1`` is the paper's 100× ratio
+  (proxies 1e-2 vs network 1e-4) *at the default* ``lr = 1e-3``; pass ``loss_lr = 100 · lr``
+  when you change ``lr`` (notebook 03 does).
+* **CRT** (Kan et al., section 4.1): ``num_prototypes = 8``, two branches of ``K = (8, 16)``
+  and ``D = (64, 128)`` — small heads for 8×8 maps; the paper's K₁ = 49, K₂ = 64 and
+  D = 128 / 1024 are :class:`dmlviz.attention.crt.TwoBranchCRT`'s own defaults.
+  ``gap_linear`` and ``gap_mlp`` are this course's matched controls, not the paper's rows.
+* **AiA** (Fang et al., sections 5.2.2–5.2.3): the block sits on a frozen stride-16 map and
+  the head is trained with MS alone (the paper trains its backbone end to end with hard-mined
+  triplet + cross-entropy); the reduction is ``r = 4`` for every kernel (Table 4's SoP row uses
+  ``r = 8``: pass ``reduction=8``); Table 4's "non-linear attention V1/V2" rows are not built.
+  ``sop_no_aia``/``gau_no_aia`` (outer embedding only, eqs. 12, 17) and the ``*_no_relu``
+  ablations are this course's rows, not the paper's.
+* **Refiner** ("Attend to context…", Alg. 1, eq. 4): Alg. 1 "samples b pairs"; here batches are
+  P×K like every head. Eq. (4) gives no α, β, λ: the MS loss's own defaults
+  (:class:`dmlviz.losses.MultiSimilarityLoss`: α = 2, β = 50, λ = 0.5) are used.
 """
 
 from __future__ import annotations
@@ -43,15 +73,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from dmlviz.attention import aia, crt, csalr, refine
-from dmlviz.attention.second_order import GlobalLocalEmbedder
+from dmlviz.attention.second_order import INTERVENTIONS, GlobalLocalEmbedder, intervene
 from dmlviz.checks import as_tensor, check_embeddings, check_feature_map, check_int, check_labels
 from dmlviz.losses import DeepSupervisedLoss, MultiSimilarityLoss, SupervisedEmbedding, make_loss
 from dmlviz.neighbours import build_contexts
 from dmlviz.train import History, Inputs, fit
-from dmlviz.utils import derive_seed, seed_everything
+from dmlviz.utils import derive_seed, flush_denormals, get_device, on_device, seed_everything
 
-__all__ = ["HEADS", "Head", "PooledEmbedder", "build_head", "head_inputs", "train_head",
-           "train_refiner"]
+__all__ = ["HEADS", "Head", "PooledEmbedder", "build_head", "embed_intervened", "head_inputs",
+           "train_head", "train_refiner"]
 
 
 # ----------------------------------------------------------------------------- the embedder
@@ -167,6 +197,10 @@ def _aia_family(variant: str) -> Callable:
     return build
 
 
+def _linear(c: int, d: int, classes: int | None):
+    return nn.Linear(c, d), MultiSimilarityLoss()
+
+
 def _refiner(dim: int, d: int, classes: int | None, *, num_blocks: int = 8, num_heads: int = 8,
              variant: str = "full"):
     return refine.NeighborRefiner(dim, num_blocks, num_heads, variant=variant), MultiSimilarityLoss()
@@ -182,7 +216,8 @@ class Head:
         objective: the training objective, in words.
         build: ``(in_channels, embedding_dim, num_classes, **options) → (module, loss)``.
         inputs: ``"map"`` (one map ``(B, C, H, W)``), ``"maps"`` (the pair ``(local,
-            global)``) or ``"embeddings"`` (the pair ``(e⁰ (B, D), contexts (B, K, D))``).
+            global)``), ``"vectors"`` (features ``(B, C)``) or ``"embeddings"`` (the pair
+            ``(e⁰ (B, D), contexts (B, K, D))``).
         loss_lr: learning rate of the loss's own parameters (Proxy-Anchor proxies), or None
             for the model's.
     """
@@ -204,6 +239,8 @@ _AIA_LABELS = {"se": "SE", "nonlocal": "NL", "lin": "Lin + AiA", "sop": "SoP + A
 
 #: name → :class:`Head`, the one registry of what the course trains.
 HEADS: dict[str, Head] = {
+    "linear": Head("linear embedding of feature vectors", "the base model of notebook 06", "MS",
+                   _linear, inputs="vectors"),
     "baseline": Head("baseline (GAP + linear)", "notebook 00", "MS", _aia_family("baseline")),
     "sa": Head("+ self-attention", "CSALR paper's SA baseline, notebook 02",
                "MS + deep supervision (eq. 18)", _csalr_family("sa")),
@@ -283,6 +320,11 @@ def _in_channels(head: Head, inputs: Inputs):
     if head.inputs == "map":
         check_feature_map(inputs, "train_inputs")
         return inputs.shape[1]
+    if head.inputs == "vectors":
+        if not torch.is_tensor(inputs) or inputs.ndim != 2:
+            raise ValueError(f"train_inputs must be feature vectors (N, C) for head inputs="
+                             f"'vectors', got {getattr(inputs, 'shape', type(inputs).__name__)}")
+        return inputs.shape[1]
     if not isinstance(inputs, (tuple, list)) or len(inputs) != 2:
         raise ValueError(f"train_inputs must be a pair for a head with inputs={head.inputs!r}, "
                          f"got {type(inputs).__name__}")
@@ -304,7 +346,7 @@ def train_head(name: str, train_inputs: Inputs, train_labels: torch.Tensor,
     Args:
         name: a key of :data:`HEADS`.
         train_inputs: ``(N, C, H, W)`` maps, the pair ``(local, global)`` for ``"maps"``
-            heads, or ``(e⁰ (N, D), contexts (N, K, D))`` for the refiner.
+            heads, ``(N, C)`` vectors for ``"vectors"`` heads, or ``(e⁰ (N, D), contexts (N, K, D))`` for the refiner.
         train_labels: ``(N,)`` class ids in ``[0, num_classes)``.
         test_inputs, test_labels: unseen classes for the periodic metrics (optional).
         embedding_dim: ``D``.
@@ -382,7 +424,7 @@ def train_refiner(embeddings: torch.Tensor, labels: torch.Tensor, *, k: int = 8,
     pair of inputs ``(e⁰, C)`` that :func:`dmlviz.train.fit` indexes together and passes as
     ``refiner(e⁰, C)`` — the same P×K loop, optimiser and checkpoint cache as every head.
     Denormal floats are flushed to zero while it trains
-    (:func:`dmlviz.attention.refine.flush_denormals`; the previous setting is restored).
+    (:func:`dmlviz.utils.flush_denormals`; the previous setting is restored).
 
     Args:
         embeddings: ``(N, D)`` initial training embeddings.
@@ -430,7 +472,7 @@ def train_refiner(embeddings: torch.Tensor, labels: torch.Tensor, *, k: int = 8,
         return fit(model, MultiSimilarityLoss(), inputs, y, p=p, k=per_class, lr=lr, seed=seed,
                    device=device, cache=cache, progress=progress, **kw)  # eq. (4)
 
-    with refine.flush_denormals():
+    with flush_denormals():
         if early_stopping is None:
             if contexts is None:
                 contexts, _ = build_contexts(embeddings, k)  # (N, K, D) Alg. 1: training contexts
@@ -460,3 +502,39 @@ def train_refiner(embeddings: torch.Tensor, labels: torch.Tensor, *, k: int = 8,
             train(refiner, (fit_e, fit_ctx), fit_y, epochs=best_epoch, eval_every=best_epoch)
         refiner.trained_epochs = best_epoch
         return refiner.cpu().eval(), history
+
+
+# ----------------------------------------------------------------------------- using a trained SOA head
+
+@torch.no_grad()
+def embed_intervened(model: GlobalLocalEmbedder, maps: tuple[torch.Tensor, torch.Tensor],
+                     mode: str = "none", seed: int = 0, batch_size: int = 256,
+                     device: str | torch.device = "auto") -> torch.Tensor:
+    """Embeddings ``(B, D)`` of a trained model with its attention replaced by
+    :func:`intervene` (``mode``) in every head, on the CPU; the model is left unchanged.
+
+    Args:
+        model: a trained :class:`GlobalLocalEmbedder` with SOA.
+        maps: ``(local (B, C_l, H, W), global (B, C_g, H', W'))``.
+        mode: one of :data:`INTERVENTIONS`.
+        seed: seeds the permutations of ``"shuffle_rows"`` (batch ``i`` draws from
+            ``derive_seed(seed, i)``).
+        batch_size: images per forward pass.
+        device: where to run.
+    """
+    if not isinstance(model, GlobalLocalEmbedder) or not model.soa:
+        raise ValueError("model must be a GlobalLocalEmbedder with soa=True")
+    if mode not in INTERVENTIONS:
+        raise ValueError(f"mode must be one of {INTERVENTIONS}, got {mode!r}")
+    if not isinstance(maps, (tuple, list)) or len(maps) != 2:
+        raise ValueError(f"maps must be a pair (local_map, global_map), got {type(maps).__name__}")
+    device = get_device(device)
+    out = []
+    with on_device(model, device):  # back on its device, in its modes, afterwards
+        for i, start in enumerate(range(0, len(maps[0]), batch_size)):
+            gen = torch.Generator().manual_seed(derive_seed(seed, i))
+            edit = None if mode == "none" else (lambda a, g=gen: intervene(a, mode, g))
+            batch = [m[start:start + batch_size].to(device) for m in maps]
+            out.append(model(*batch, edit=edit).float().cpu())
+    return torch.cat(out)
+

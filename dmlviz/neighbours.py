@@ -8,7 +8,9 @@ its context. The refiner itself — cross-attention blocks, eqs. (2)–(3) — i
 
 * :func:`build_contexts` — the kNN context ``(N, K, D)`` of every embedding (self excluded);
 * :func:`purity_matched_contexts` — training contexts as impure as given ones (notebook 06);
-* :func:`refine_embeddings` — Alg. 2, batched, on any device, returning CPU tensors.
+* :func:`refine_embeddings` — Alg. 2, batched, on any device, returning CPU tensors;
+* :func:`neighbourhood_purity`, :func:`attention_on_same_class` — how many of a context's
+  neighbours share the query's class, and how much attention the refiner gives them.
 
 Training the refiner (Alg. 1) is :func:`dmlviz.heads.train_refiner`.
 """
@@ -24,7 +26,8 @@ from dmlviz.checks import as_tensor, check_embeddings, check_int, check_labels
 from dmlviz.metrics import knn
 from dmlviz.utils import get_device, on_device
 
-__all__ = ["build_contexts", "purity_matched_contexts", "refine_embeddings"]
+__all__ = ["attention_on_same_class", "build_contexts", "neighbourhood_purity", "purity_matched_contexts",
+           "refine_embeddings"]
 
 
 def build_contexts(embeddings: torch.Tensor, k: int, reference: torch.Tensor | None = None,
@@ -206,4 +209,55 @@ def _refine(model, refiner, embeddings, reference, k, device, batch_size, return
                    else model(queries[b], context, return_all=return_all))
         out.append(refined.float().cpu())
     return torch.cat(out)
+
+
+# ----------------------------------------------------------------------------- label statistics
+
+def neighbourhood_purity(indices: torch.Tensor, labels: torch.Tensor,
+                         reference_labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Fraction of each query's K neighbours that share its class.
+
+    Args:
+        indices: ``(N, K)`` neighbour indices (from :func:`dmlviz.neighbours.build_contexts`).
+        labels: ``(N,)`` labels of the queries.
+        reference_labels: ``(R,)`` labels of the searched set (default ``labels``).
+
+    Returns:
+        ``(N,)`` float tensor in [0, 1].
+    """
+    labels = check_labels(labels, "labels")
+    ref = labels if reference_labels is None else check_labels(reference_labels, "reference_labels")
+    if not torch.is_tensor(indices) or indices.ndim != 2 or len(indices) != len(labels):
+        got = tuple(indices.shape) if torch.is_tensor(indices) else type(indices).__name__
+        raise ValueError(f"indices must be (N, K) with N = {len(labels)} as labels, got {got}")
+    return (ref[indices.cpu()] == labels[:, None]).float().mean(dim=1)  # (N,)
+
+
+
+def attention_on_same_class(weights: torch.Tensor, indices: torch.Tensor, labels: torch.Tensor,
+                            reference_labels: torch.Tensor | None = None) -> tuple[float, float]:
+    """How much attention lands on neighbours of the query's own class, and what equal
+    weights would give.
+
+    Args:
+        weights: ``(N, T, H, K)`` attention of :meth:`NeighborRefiner.forward`
+            (``RefinerMaps.attention`` of ``return_maps=True``).
+        indices: ``(N, K)`` the neighbours' rows in the searched set.
+        labels: ``(N,)`` query labels.
+        reference_labels: ``(R,)`` labels of the searched set (default ``labels``).
+
+    Returns:
+        ``(mass, uniform)``: the mean over queries, blocks and heads of the attention on
+        same-class neighbours, and the mean context purity (the mass of equal weights).
+    """
+    if not torch.is_tensor(weights) or weights.ndim != 4 or weights.shape[0] != len(indices) \
+            or weights.shape[3] != indices.shape[1]:
+        got = tuple(weights.shape) if torch.is_tensor(weights) else type(weights).__name__
+        raise ValueError(f"weights must be (N, T, H, K) with N, K = {tuple(indices.shape)} as "
+                         f"indices, got {got}")
+    labels = check_labels(labels, "labels")
+    ref = labels if reference_labels is None else check_labels(reference_labels, "reference_labels")
+    same = (ref[indices.cpu()] == labels[:, None]).float()  # (N, K)
+    mass = (weights.detach().float().cpu().mean(dim=2) * same[:, None, :]).sum(-1).mean()  # Σ_j a_j [same]
+    return float(mass), float(same.mean())
 

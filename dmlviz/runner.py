@@ -387,7 +387,7 @@ class RunResult:
         return 0 if self.ok else 1
 
 
-def _resolve_device(device: str) -> str:
+def resolve_device(device: str = "auto") -> str:
     """``"cpu"`` or ``"cuda"``: ``device`` (one of :data:`DEVICES`) resolved by
     :func:`dmlviz.utils.get_device` (torch is imported here, on first use, not with the CLI)."""
     if device not in DEVICES:
@@ -466,7 +466,7 @@ def run(notebooks: list[str] | tuple[str, ...] = ("all",), *, profile: str = "qu
         default = default_baseline(profile)
         baseline = default if default.exists() else None
     base = load_baseline(baseline, profile) if baseline is not None else None
-    resolved = _resolve_device(device)
+    resolved = resolve_device(device)
 
     root = project_root()
     started = _dt.datetime.now(_dt.UTC)

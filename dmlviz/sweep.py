@@ -427,7 +427,7 @@ def run_sweep(spec: Spec | str | os.PathLike, *, out: str | os.PathLike | None =
         raise ValueError(f"--workers must be at least 1, got {workers}")
     device = device or spec.device
     # on an existing cluster the workers' devices count, not this machine's
-    resolved = runner._resolve_device(device) if scheduler is None else device
+    resolved = runner.resolve_device(device) if scheduler is None else device
     root = runner.project_root()
     started = _dt.datetime.now(_dt.UTC)
     old_sweep: dict = {}

@@ -111,3 +111,23 @@ def on_device(module: torch.nn.Module,
         module.to(home)
         for m, training in modes:
             m.training = training
+
+
+@contextlib.contextmanager
+def flush_denormals(enabled: bool = True):
+    """Treat denormal floats as zero on the CPU inside the block, then restore the setting.
+
+    Behind a zero-initialised ``W_O`` the first updates and their gradients are tiny, and
+    arithmetic on denormal numbers is many times slower on x86 CPUs. torch has a setter
+    (:func:`torch.set_flush_denormal`) but no getter, so the previous state is read from
+    the arithmetic itself: with flushing on, a denormal times one is zero.
+    """
+    tiny = torch.tensor([1e-40], dtype=torch.float32)  # a float32 denormal
+    previous = bool((tiny * 1.0).item() == 0.0)
+    if enabled:
+        torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(previous)
+

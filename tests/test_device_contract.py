@@ -76,6 +76,7 @@ DEFAULT_EXEMPT = {
 NO_TENSORS = {
     "dmlviz.utils.get_device": "resolves the device itself (tested in test_outputs)",
     "dmlviz.runner.run": "passes the resolved device to the notebooks as a parameter",
+    "dmlviz.runner.resolve_device": "the CLI's name for get_device: 'cpu' or 'cuda' as a string",
     "dmlviz.sweep.run_sweep": "passes the device to the notebooks of a sweep as a parameter",
 }
 
@@ -241,6 +242,8 @@ def _head_inputs(kind: str, seed: int = 0):
         return _maps(seed)[0]
     if kind == "maps":
         return _maps(seed)
+    if kind == "vectors":
+        return _embeddings(seed)
     gen = torch.Generator().manual_seed(seed)  # (e⁰ (N, D), contexts (N, K=2, D))
     return _embeddings(seed), torch.randn(CLASSES * PER_CLASS, 2, D, generator=gen)
 
@@ -376,7 +379,7 @@ CASES = {
     "dmlviz.heads.train_head": case_train_head,
     "dmlviz.heads.train_refiner": case_train_refiner,
     "dmlviz.neighbours.refine_embeddings": case_refine_embeddings,
-    "dmlviz.attention.second_order.embed_intervened": case_embed_intervened,
+    "dmlviz.heads.embed_intervened": case_embed_intervened,
     "dmlviz.features.extract_features": case_extract_features,
     "dmlviz.features.local_global_maps": case_local_global_maps,
     "dmlviz.cost.images_per_second": case_images_per_second,

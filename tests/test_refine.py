@@ -16,17 +16,21 @@ from dmlviz.attention.refine import (
     PARAMETER_FREE,
     CrossAttentionBlock,
     NeighborRefiner,
-    attention_on_same_class,
     cross_attention,
-    flush_denormals,
     neighbour_average,
     neighbour_softmax,
-    neighbourhood_purity,
     parameter_free,
 )
 from dmlviz.heads import train_refiner
 from dmlviz.metrics import retrieval_metrics
-from dmlviz.neighbours import build_contexts, purity_matched_contexts, refine_embeddings
+from dmlviz.neighbours import (
+    attention_on_same_class,
+    build_contexts,
+    neighbourhood_purity,
+    purity_matched_contexts,
+    refine_embeddings,
+)
+from dmlviz.utils import flush_denormals
 
 
 def _random_refiner(dim=16, blocks=3, heads=4, **kw):

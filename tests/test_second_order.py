@@ -11,13 +11,13 @@ import torch.nn.functional as F
 from dmlviz.attention.second_order import (
     GlobalLocalEmbedder,
     SecondOrderAttention,
-    embed_intervened,
     gap_decomposition,
     gap_gmp,
     intervene,
     second_order_attention,
     space_to_depth,
 )
+from dmlviz.heads import embed_intervened
 from dmlviz.losses import HybridLoss, MultiSimilarityLoss, ProxyAnchorLoss, make_loss
 from dmlviz.masks import object_attention_mass
 from dmlviz.metrics import epochs_to_converge

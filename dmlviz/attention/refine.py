@@ -61,7 +61,7 @@ and three controls that are not rows of the paper:
   and it sees the neighbours, but weights them uniformly, never by attention.
 
 Maps (the package's protocol): ``NeighborRefiner(..., return_maps=True)`` returns
-``(output, maps)`` with ``maps`` a :class:`RefinerMaps` (``attention (B, T, H, K)``).
+``(output, maps)`` with ``maps`` a :class:`RefinerMaps` (``attention (B, T, heads, K)``).
 
 Interpretations (where the text leaves a choice open; each is shown in notebook 06):
 
@@ -84,14 +84,13 @@ Interpretations (where the text leaves a choice open; each is shown in notebook 
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dmlviz.checks import check_finite, check_int, check_labels
+from dmlviz.checks import check_finite, check_int
 
 __all__ = [
     "PARAMETER_FREE",
@@ -99,12 +98,9 @@ __all__ = [
     "CrossAttentionBlock",
     "NeighborRefiner",
     "RefinerMaps",
-    "attention_on_same_class",
     "cross_attention",
-    "flush_denormals",
     "neighbour_average",
     "neighbour_softmax",
-    "neighbourhood_purity",
     "parameter_free",
 ]
 
@@ -149,25 +145,6 @@ def _check_indexed(e0, reference, indices, dim: int) -> None:
     if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= len(reference)):
         raise ValueError(f"indices must lie in [0, {len(reference) - 1}] (rows of reference), got "
                          f"[{int(indices.min())}, {int(indices.max())}]")
-
-
-@contextmanager
-def flush_denormals(enabled: bool = True):
-    """Treat denormal floats as zero on the CPU inside the block, then restore the setting.
-
-    Behind a zero-initialised ``W_O`` the first updates and their gradients are tiny, and
-    arithmetic on denormal numbers is many times slower on x86 CPUs. torch has a setter
-    (:func:`torch.set_flush_denormal`) but no getter, so the previous state is read from
-    the arithmetic itself: with flushing on, a denormal times one is zero.
-    """
-    tiny = torch.tensor([1e-40], dtype=torch.float32)  # a float32 denormal
-    previous = bool((tiny * 1.0).item() == 0.0)
-    if enabled:
-        torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(previous)
 
 
 # ----------------------------------------------------------------------------- functional core
@@ -260,54 +237,6 @@ def parameter_free(name: str, e0: torch.Tensor, context: torch.Tensor) -> torch.
     raise ValueError(f"refiner must be a NeighborRefiner or one of {PARAMETER_FREE}, got {name!r}")
 
 
-def neighbourhood_purity(indices: torch.Tensor, labels: torch.Tensor,
-                         reference_labels: torch.Tensor | None = None) -> torch.Tensor:
-    """Fraction of each query's K neighbours that share its class.
-
-    Args:
-        indices: ``(N, K)`` neighbour indices (from :func:`dmlviz.neighbours.build_contexts`).
-        labels: ``(N,)`` labels of the queries.
-        reference_labels: ``(R,)`` labels of the searched set (default ``labels``).
-
-    Returns:
-        ``(N,)`` float tensor in [0, 1].
-    """
-    labels = check_labels(labels, "labels")
-    ref = labels if reference_labels is None else check_labels(reference_labels, "reference_labels")
-    if not torch.is_tensor(indices) or indices.ndim != 2 or len(indices) != len(labels):
-        got = tuple(indices.shape) if torch.is_tensor(indices) else type(indices).__name__
-        raise ValueError(f"indices must be (N, K) with N = {len(labels)} as labels, got {got}")
-    return (ref[indices.cpu()] == labels[:, None]).float().mean(dim=1)  # (N,)
-
-
-def attention_on_same_class(weights: torch.Tensor, indices: torch.Tensor, labels: torch.Tensor,
-                            reference_labels: torch.Tensor | None = None) -> tuple[float, float]:
-    """How much attention lands on neighbours of the query's own class, and what equal
-    weights would give.
-
-    Args:
-        weights: ``(N, T, H, K)`` attention of :meth:`NeighborRefiner.forward`
-            (``RefinerMaps.attention`` of ``return_maps=True``).
-        indices: ``(N, K)`` the neighbours' rows in the searched set.
-        labels: ``(N,)`` query labels.
-        reference_labels: ``(R,)`` labels of the searched set (default ``labels``).
-
-    Returns:
-        ``(mass, uniform)``: the mean over queries, blocks and heads of the attention on
-        same-class neighbours, and the mean context purity (the mass of equal weights).
-    """
-    if not torch.is_tensor(weights) or weights.ndim != 4 or weights.shape[0] != len(indices) \
-            or weights.shape[3] != indices.shape[1]:
-        got = tuple(weights.shape) if torch.is_tensor(weights) else type(weights).__name__
-        raise ValueError(f"weights must be (N, T, H, K) with N, K = {tuple(indices.shape)} as "
-                         f"indices, got {got}")
-    labels = check_labels(labels, "labels")
-    ref = labels if reference_labels is None else check_labels(reference_labels, "reference_labels")
-    same = (ref[indices.cpu()] == labels[:, None]).float()  # (N, K)
-    mass = (weights.detach().float().cpu().mean(dim=2) * same[:, None, :]).sum(-1).mean()  # Σ_j a_j [same]
-    return float(mass), float(same.mean())
-
-
 # ----------------------------------------------------------------------------- modules
 
 class CrossAttentionBlock(nn.Module):
@@ -359,7 +288,7 @@ class RefinerMaps(NamedTuple):
     """What :class:`NeighborRefiner` returns with ``return_maps=True``.
 
     Attributes:
-        attention: ``(B, T, H, K)`` the softmax weights ``a_j`` of eq. (2) of every block
+        attention: ``(B, T, heads, K)`` the softmax weights ``a_j`` of eq. (2) of every block
             ``t`` and head ``h`` over the K neighbours (summing to 1 over K; K = 1 for
             ``"ca_only"`` and ``"nn_avg_ca"``, whose context is the query itself).
     """
@@ -379,7 +308,7 @@ class NeighborRefiner(nn.Module):
         zero_init: zero-initialise every ``W_O`` (the untrained refiner is the identity).
 
     ``forward(e0, context, return_maps=True)`` returns ``(e^T, maps)`` with ``maps`` a
-    :class:`RefinerMaps` (``maps.attention`` ``(B, T, H, K)``).
+    :class:`RefinerMaps` (``maps.attention`` ``(B, T, heads, K)``).
     """
 
     def __init__(self, dim: int, num_blocks: int = 8, num_heads: int = 8, *,
@@ -417,7 +346,7 @@ class NeighborRefiner(nn.Module):
         Returns:
             ``e^T (B, D)``, or ``(B, T+1, D)`` with ``return_all`` (index 0 is the block
             input: ``ê⁰``, or for ``"nn_avg_ca"`` the neighbour average); with ``return_maps``
-            a pair ``(that, RefinerMaps)``, ``RefinerMaps.attention`` ``(B, T, H, K)``
+            a pair ``(that, RefinerMaps)``, ``RefinerMaps.attention`` ``(B, T, heads, K)``
             (K = 1 for ``"ca_only"``/``"nn_avg_ca"``).
         """
         indexed = reference is not None or indices is not None
@@ -454,7 +383,7 @@ class NeighborRefiner(nn.Module):
             maps.append(weights)
         out = torch.stack(steps, dim=1) if return_all else e  # (B, T+1, D) | (B, D)
         if return_maps:
-            return out, RefinerMaps(attention=torch.stack(maps, dim=1))  # (B, T, H, K)
+            return out, RefinerMaps(attention=torch.stack(maps, dim=1))  # (B, T, heads, K)
         return out
 
     @torch.no_grad()

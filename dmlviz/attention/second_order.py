@@ -82,7 +82,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from dmlviz.checks import check_feature_map, check_int
-from dmlviz.utils import derive_seed, get_device, on_device
 
 __all__ = [
     "BRANCHES",
@@ -93,7 +92,6 @@ __all__ = [
     "GlobalLocalMaps",
     "SOAMaps",
     "SecondOrderAttention",
-    "embed_intervened",
     "gap_decomposition",
     "gap_gmp",
     "intervene",
@@ -425,39 +423,6 @@ class GlobalLocalEmbedder(nn.Module):
 
 
 # ----------------------------------------------------------------------------- training recipe
-
-
-@torch.no_grad()
-def embed_intervened(model: GlobalLocalEmbedder, maps: tuple[torch.Tensor, torch.Tensor],
-                     mode: str = "none", seed: int = 0, batch_size: int = 256,
-                     device: str | torch.device = "auto") -> torch.Tensor:
-    """Embeddings ``(B, D)`` of a trained model with its attention replaced by
-    :func:`intervene` (``mode``) in every head, on the CPU; the model is left unchanged.
-
-    Args:
-        model: a trained :class:`GlobalLocalEmbedder` with SOA.
-        maps: ``(local (B, C_l, H, W), global (B, C_g, H', W'))``.
-        mode: one of :data:`INTERVENTIONS`.
-        seed: seeds the permutations of ``"shuffle_rows"`` (batch ``i`` draws from
-            ``derive_seed(seed, i)``).
-        batch_size: images per forward pass.
-        device: where to run.
-    """
-    if not isinstance(model, GlobalLocalEmbedder) or not model.soa:
-        raise ValueError("model must be a GlobalLocalEmbedder with soa=True")
-    if mode not in INTERVENTIONS:
-        raise ValueError(f"mode must be one of {INTERVENTIONS}, got {mode!r}")
-    if not isinstance(maps, (tuple, list)) or len(maps) != 2:
-        raise ValueError(f"maps must be a pair (local_map, global_map), got {type(maps).__name__}")
-    device = get_device(device)
-    out = []
-    with on_device(model, device):  # back on its device, in its modes, afterwards
-        for i, start in enumerate(range(0, len(maps[0]), batch_size)):
-            gen = torch.Generator().manual_seed(derive_seed(seed, i))
-            edit = None if mode == "none" else (lambda a, g=gen: intervene(a, mode, g))
-            batch = [m[start:start + batch_size].to(device) for m in maps]
-            out.append(model(*batch, edit=edit).float().cpu())
-    return torch.cat(out)
 
 
 #: The paper's settings (section 4.2, "Training", "Input Setting", "Hyperparameter Setting";

@@ -12,6 +12,7 @@ import torch
 
 from dmlviz.attention.aia import with_rff
 from dmlviz.masks import channel_energy
+from dmlviz.utils import on_device
 from dmlviz.viz.arrays import to_hwc, upsample
 
 __all__ = ["aia_explorer", "plot_kernel_error", "plot_map_rows",
@@ -199,8 +200,8 @@ def aia_explorer(blocks: Mapping[tuple[str, bool], torch.nn.Module], maps: torch
         block = blocks[kind.value, inner.value]
         if kind.value == "gaussian":
             block = with_rff(block, sigma=sig.value, rff_dim=dim.value)
-        with torch.no_grad():
-            y, m = block.eval()(maps, return_maps=True)  # (B, C, H, W), AiAMaps
+        with torch.no_grad(), on_device(block, maps.device) as used:  # its mode is restored
+            y, m = used(maps, return_maps=True)  # (B, C, H, W), AiAMaps
         rows = {"input ‖x‖": channel_energy(maps), "masked ‖x^z‖": channel_energy(y),
                 "mask z (channel mean)": m.z.mean(1)}
         with out:
