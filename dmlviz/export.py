@@ -2,7 +2,7 @@
 
 :func:`export_html` renders an executed notebook with nbconvert's lab template so that the
 page needs no network: no require.js, mermaid or MathJax CDN (MathJax comes from the run's
-offline copy that :func:`copy_mathjax` makes, when ``jupyter-server-mathjax`` is installed;
+offline MathJax 3 that :func:`copy_mathjax` copies from ``django-static-mathjax``;
 else formulas stay TeX source), remote ``<script src=...>`` tags inside outputs dropped
 (plotly.js itself is embedded by the ``plotly_mimetype+notebook`` renderer), and widgets
 (tqdm bars) replaced by their final state as text. Used by :mod:`dmlviz.runner`, which
@@ -18,37 +18,45 @@ from pathlib import Path
 
 _REMOTE_SCRIPT = re.compile(r"""<script[^>]*\bsrc=["']https?://[^"']*["'][^>]*>\s*</script>""", re.I)
 MATHJAX_DIR = "_static/mathjax"
-_MATHJAX_SKIP = ("localization", "a11y", "SVG", "__pycache__")
+MATHJAX_SCRIPT = "tex-svg.js"
 _MATHJAX_BLOCK = """
-<script type="text/x-mathjax-config">
-MathJax.Hub.Config({
-  tex2jax: {inlineMath: [['$','$'], ['\\\\(','\\\\)']], displayMath: [['$$','$$'], ['\\\\[','\\\\]']],
-            processEscapes: true, processEnvironments: true},
-  TeX: {equationNumbers: {autoNumber: "AMS", useLabelIds: true}},
-  "HTML-CSS": {availableFonts: [], webFont: "STIX-Web", imageFont: null,
-               linebreaks: {automatic: true}},
-  displayAlign: "center", messageStyle: "none", showMathMenu: false
-});
+<script>
+window.MathJax = {
+  tex: {inlineMath: [['$', '$'], ['\\\\(', '\\\\)']], displayMath: [['$$', '$$'], ['\\\\[', '\\\\]']],
+        processEscapes: true, processEnvironments: true, tags: 'ams'},
+  svg: {fontCache: 'global'},
+  options: {enableMenu: false},
+  loader: {paths: {mathjax: '{{ resources.mathjax_url }}'}}
+};
 </script>
-<script src="{{ resources.mathjax_url }}"></script>
+<script src="{{ resources.mathjax_url }}/tex-svg.js"></script>
 """
 
 
 def copy_mathjax(out: Path) -> str | None:
-    """Copy an offline MathJax 2 (from the ``jupyter-server-mathjax`` package, when installed)
-    to ``out/_static/mathjax`` for the notebook HTML exports; ``None`` when unavailable, and
-    the exports then show formulas as TeX source."""
+    """Copy an offline MathJax 3 (``es5/`` of the ``django-static-mathjax`` package: the
+    ``tex-svg`` component and the TeX extensions it may load on demand) to
+    ``out/_static/mathjax`` for the notebook HTML exports; ``None`` when the package is missing,
+    and the exports then show formulas as TeX source.
+
+    SVG output draws every glyph as a path from the script itself: no web font is probed or
+    fetched, so an offline page logs no font errors (MathJax 2's HTML-CSS output tried local
+    TeX fonts and an ``about:blank`` font-face test, both console errors in a file:// page).
+    """
     try:
-        import jupyter_server_mathjax
+        import mathjax
     except ImportError:
         return None
-    src = Path(jupyter_server_mathjax.__file__).parent / "static"
-    if not (src / "MathJax.js").is_file():
+    src = Path(mathjax.__file__).parent / "static" / "mathjax" / "es5"
+    if not (src / MATHJAX_SCRIPT).is_file():
         return None
     dst = out / MATHJAX_DIR
-    if not (dst / "MathJax.js").is_file():
-        shutil.copytree(src, dst, dirs_exist_ok=True,
-                        ignore=lambda d, names: [n for n in names if n in _MATHJAX_SKIP])
+    if not (dst / MATHJAX_SCRIPT).is_file():
+        dst.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / MATHJAX_SCRIPT, dst / MATHJAX_SCRIPT)
+        shutil.copytree(src / "input" / "tex" / "extensions", dst / "input" / "tex" / "extensions",
+                        dirs_exist_ok=True)
+        shutil.copy2(src.parent / "LICENSE", dst / "LICENSE")
     return MATHJAX_DIR
 
 
@@ -123,8 +131,7 @@ def export_html(executed: Path, html_path: Path, mathjax_url: str | None = None,
                 data["text/html"] = _REMOTE_SCRIPT.sub("", data["text/html"])
     exporter = HTMLExporter(template_name="lab", template_file="dmlviz_offline.html.j2",
                             extra_loaders=[jinja2.DictLoader({"dmlviz_offline.html.j2": template})],
-                            mathjax_url=(f"{mathjax_url}/MathJax.js?config="
-                                         "TeX-AMS-MML_HTMLorMML-full,Safe") if mathjax_url else "")
+                            mathjax_url=mathjax_url or "")
     body, _ = exporter.from_notebook_node(nb, resources={
         "metadata": {"name": executed.stem}, "dmlviz_before": before, "dmlviz_after": after,
         "dmlviz_css": css})

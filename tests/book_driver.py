@@ -8,8 +8,8 @@ book test at the end of ``tests/notebooks/test_run_notebooks.py``).
   "previous" back to the first, and on the way opens the kernel-free explorers of chapters
   that have them and uses each once (a click on the image, a drop-down choice, a button, the
   step slider), checking that the view changed. Every page is loaded with every non-file
-  request blocked and recorded; page errors and console errors are collected (MathJax 2's
-  font fallbacks apart: see :func:`_font_probe`).
+  request blocked and recorded; page errors and console errors are collected (all of them:
+  MathJax 3's SVG output loads no font, so a font error is an error too).
 """
 
 from __future__ import annotations
@@ -48,19 +48,9 @@ def merge_runs(runs: dict[str, Path], dest: Path) -> Path:
     return dest
 
 
-def _font_probe(message) -> bool:
-    """MathJax 2's font fallbacks: it probes ``@font-face`` with a font at about:blank and
-    tries TeX .otf fonts the offline copy does not ship (formulas still render, in STIX-Web).
-    Logged apart from the other console errors."""
-    where = message.location.get("url", "")
-    return (where.startswith("about:blank") or "/_static/mathjax/fonts/" in where
-            or message.text.startswith("Access to font at 'about:blank'"))
-
-
 def _console(page, log: dict, message) -> None:
     if message.type == "error":
-        key = "font_probes" if _font_probe(message) else "console"
-        log.setdefault(key, []).append(f"{page.url}: {message.text}")
+        log["console"].append(f"{page.url}: {message.text}")
 
 
 def _page(browser, url: str, log: dict):
@@ -133,13 +123,11 @@ def use_explorer(page) -> str:
 def walk_book(chromium: str, site: Path, shots: Path | None = None) -> dict:
     """Walk the book in ``site`` (see the module docstring). Returns ``{"chapters": [chapters
     in "next" order], "back": [chapters reached by "previous" from the last], "explorers":
-    {chapter: {page: what was done}}, "remote": [...], "errors": [...], "console": [...],
-    "font_probes": [...]}`` (MathJax's font fallbacks, kept apart from "console");
+    {chapter: {page: what was done}}, "remote": [...], "errors": [...], "console": [...]}``;
     screenshots of every chapter and explorer go to ``shots`` if given."""
     from playwright.sync_api import sync_playwright
 
-    log = {"chapters": [], "explorers": {}, "remote": [], "errors": [], "console": [],
-           "font_probes": []}
+    log = {"chapters": [], "explorers": {}, "remote": [], "errors": [], "console": []}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
         try:

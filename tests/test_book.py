@@ -68,8 +68,8 @@ def test_book_walks_next_and_previous_offline_in_chromium(chromium, book, tmp_pa
                 page.wait_for_load_state("load")
             assert page.locator("nav.book-side a.current").inner_text().startswith("01")
             assert page.locator(".ledger .v.ok").count() == 1  # the chapter's claims table
-            if (site / "_static" / "mathjax" / "MathJax.js").exists():
-                page.wait_for_selector(".MathJax_Display", timeout=10_000)
+            if (site / "_static" / "mathjax" / "tex-svg.js").exists():  # django-static-mathjax
+                page.wait_for_selector("mjx-container[display='true'] svg", timeout=10_000)
             page.screenshot(path=str(tmp_path / "chapter.png"), full_page=True)
             assert remote == [] and errors == [], (remote, errors)
         finally:

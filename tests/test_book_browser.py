@@ -32,8 +32,7 @@ def check_book(chromium: str, run_dir: Path, out: Path, names: list[str]) -> dic
     explored = {name[:2] for name in log["explorers"]}
     assert set(EXPLORED) <= explored and explored & {"04", "05", "06"}, log["explorers"]
     assert log["remote"] == [] and log["errors"] == [] and log["console"] == [], log
-    print(f"book {out / 'index.html'}: explorers used {log['explorers']}; MathJax font "
-          f"fallbacks: {len(log['font_probes'])}")
+    print(f"book {out / 'index.html'}: explorers used {log['explorers']}")
     return log
 
 

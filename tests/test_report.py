@@ -180,8 +180,9 @@ def test_report_and_notebook_html_render_offline_in_chromium(chromium, ok_run, t
             assert plot.locator("svg.main-svg").count() >= 1
             assert plot.locator(".scatterlayer .trace").count() == 1
             assert page.locator(".jp-RenderedImage img").count() == 1  # the matplotlib figure
-            if (out / "_static" / "mathjax" / "MathJax.js").exists():  # jupyter-server-mathjax
-                assert page.locator(".MathJax_Display").count() == 1  # typeset offline
+            if (out / "_static" / "mathjax" / "tex-svg.js").exists():  # django-static-mathjax
+                page.wait_for_selector("mjx-container[display='true'] svg", timeout=10_000)
+                assert page.locator("mjx-container[display='true']").count() == 1  # typeset offline
             else:
                 assert "\\tilde S" in page.inner_text("body")  # shown as TeX source
             assert _spread(tmp_path / "notebook.png") > 5
