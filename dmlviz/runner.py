@@ -11,7 +11,8 @@ executed notebook carries plotly.js once and its HTML export renders offline),
 ``DMLVIZ_FIGURES_DIR`` when ``figures`` is given, and ``OMP_NUM_THREADS`` = cores / jobs
 unless already set (or the workers are on an existing cluster).
 
-A run directory ``DIR`` (default ``reports/<YYYYmmdd-HHMMSS>/``) holds::
+A run directory ``DIR`` (default ``reports/<YYYYmmdd-HHMMSS>/``, and ``reports/latest`` then
+points to it) holds::
 
     summary.json  summary.md  index.html
     <stem>/<stem>.ipynb     executed notebook; the partial copy when it failed or timed out
@@ -395,6 +396,19 @@ def resolve_device(device: str = "auto") -> str:
     return dmlviz.get_device(device).type
 
 
+def _point_latest(out: Path) -> None:
+    """``reports/latest`` → the newest default run directory (a relative symlink, replaced
+    atomically), so the README's gallery can link into ``reports/latest/book/``. Where links
+    cannot be made (some file systems), the run goes on without one."""
+    latest, tmp = out.parent / "latest", out.parent / f".latest-{os.getpid()}"
+    try:
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(out.name, target_is_directory=True)
+        os.replace(tmp, latest)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
 def _git_commit(root: Path) -> str | None:
     try:
         return subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
@@ -470,9 +484,12 @@ def run(notebooks: list[str] | tuple[str, ...] = ("all",), *, profile: str = "qu
 
     root = project_root()
     started = _dt.datetime.now(_dt.UTC)
+    default_out = out is None
     out = Path(out) if out else root / "reports" / started.astimezone().strftime("%Y%m%d-%H%M%S")
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if default_out:
+        _point_latest(out)
     env = {"PLOTLY_RENDERER": "plotly_mimetype+notebook", "DMLVIZ_OUT_DIR": "",
            "MPLBACKEND": "module://matplotlib_inline.backend_inline", "JUPYTER_PLATFORM_DIRS": "1",
            "PYDEVD_DISABLE_FILE_VALIDATION": "1", "TQDM_MININTERVAL": "5"}

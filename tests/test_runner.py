@@ -248,3 +248,17 @@ def test_project_root_follows_the_working_directory(monkeypatch, tmp_path):
     assert runner.project_root() == tmp_path
     assert runner.default_baseline("full") == tmp_path / "tests" / "baselines" / "full.json"
     assert not Path("reports").exists()
+
+
+def test_latest_points_to_the_newest_default_run(tmp_path):
+    """``reports/latest`` follows the newest default run (the README's gallery links there)."""
+    from dmlviz.runner import _point_latest
+
+    first, second = tmp_path / "20260101-000000", tmp_path / "20260101-000100"
+    first.mkdir()
+    second.mkdir()
+    _point_latest(first)
+    assert (tmp_path / "latest").resolve() == first.resolve()
+    _point_latest(second)
+    assert (tmp_path / "latest").resolve() == second.resolve()
+    assert str((tmp_path / "latest").readlink()) == second.name  # relative: the folder can move
