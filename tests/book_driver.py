@@ -1,9 +1,6 @@
 """Walk a course book in headless Chromium (used by ``tests/test_book_browser.py`` and by the
 book test at the end of ``tests/notebooks/test_run_notebooks.py``).
 
-* :func:`merge_runs` joins one-notebook run directories (what the notebook tests write, one
-  per notebook) into one run directory a book can be built from, without copying anything
-  but the summary: every path is rewritten to point into its own run.
 * :func:`walk_book` opens the book, follows "next" from the cover through every chapter and
   "previous" back to the first, and on the way opens the kernel-free explorers of chapters
   that have them and uses each once (a click on the image, a drop-down choice, a button, the
@@ -14,38 +11,16 @@ book test at the end of ``tests/notebooks/test_run_notebooks.py``).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-proxy-server", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
-PATH_KEYS = ("executed", "html", "log")
 # what the plot shows: its heat maps and its points, as plotly.js decoded them (``data`` may
 # still hold the page's base64 arrays, which never equal the lists a restyle puts there)
 VIEW = ("el => JSON.stringify(el._fullData.map(t => t.type === 'heatmap' ? "
         "Array.from(t.z, r => Array.from(r, v => v)) : t.type === 'scatter' ? "
         "[Array.from(t.x || []), Array.from(t.y || [])] : null))")
-
-
-def merge_runs(runs: dict[str, Path], dest: Path) -> Path:
-    """One run directory (``dest``, a ``summary.json`` only) whose notebooks are those of the
-    one-notebook ``runs`` (name → run directory); returns ``dest``."""
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    merged: dict = {}
-    for name in sorted(runs):
-        run = Path(runs[name]).resolve()
-        summary = json.loads((run / "summary.json").read_text())
-        nb = dict(summary["notebooks"][name])
-        for key in PATH_KEYS:  # absolute: RUN_DIR / absolute path is that path
-            if nb.get(key):
-                nb[key] = str(run / nb[key])
-        nb["figures"] = [str(run / f) for f in nb.get("figures", [])]
-        merged = merged or {k: v for k, v in summary.items() if k != "notebooks"}
-        merged.setdefault("notebooks", {})[name] = nb
-    (dest / "summary.json").write_text(json.dumps(merged, indent=2, ensure_ascii=False))
-    return dest
 
 
 def _console(page, log: dict, message) -> None:
