@@ -57,6 +57,16 @@ def write_notebook(path: Path, cells: list[str], title: str = "Throwaway noteboo
     return path
 
 
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch) -> Path:
+    """Checkpoints and extracted features of one test go to a throwaway cache in ``tmp_path``
+    (``DMLVIZ_CACHE_DIR``), never the user's; modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("private_cache")``."""
+    path = tmp_path / "cache"
+    monkeypatch.setenv("DMLVIZ_CACHE_DIR", str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def notebook_factory():
     """``write_notebook(path, cells, title, extra_parameters)``."""

@@ -31,10 +31,7 @@ from dmlviz.attention.kernels import (
 )
 from dmlviz.cost import count_flops, count_macs, count_parameters
 
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("DMLVIZ_CACHE_DIR", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")  # checkpoints and features in tmp_path
 
 
 def _x(*shape, seed=0):

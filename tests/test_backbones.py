@@ -41,9 +41,7 @@ EXPECTED = {  # photo -> acceptable ImageNet classes
 }
 
 
-@pytest.fixture(autouse=True)
-def _cache_in_tmp(tmp_path, monkeypatch):
-    monkeypatch.setenv("DMLVIZ_CACHE_DIR", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")  # checkpoints and features in tmp_path
 
 
 @pytest.fixture(scope="module")

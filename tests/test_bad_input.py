@@ -31,9 +31,7 @@ from dmlviz.losses import HybridLoss, MultiSimilarityLoss, ProxyAnchorLoss, Trip
 NAN, INF = float("nan"), float("inf")
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("DMLVIZ_CACHE_DIR", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")  # checkpoints and features in tmp_path
 
 
 def _emb(n=20, d=8, classes=4, seed=0, dtype=torch.float32):

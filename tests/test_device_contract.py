@@ -393,10 +393,7 @@ CASES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _own_cache(tmp_path, monkeypatch):
-    """Checkpoints and features go to a throwaway cache, never the user's."""
-    monkeypatch.setenv("DMLVIZ_CACHE_DIR", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")  # checkpoints and features in tmp_path
 
 
 def test_every_device_function_has_a_case():

@@ -20,9 +20,7 @@ from dmlviz.features import extract_features, local_global_maps
 EXPECTED = {"chelsea": {281, 282, 283, 284, 285}}  # tabby … Egyptian cat (see test_backbones)
 
 
-@pytest.fixture(autouse=True)
-def _cache_in_tmp(tmp_path, monkeypatch):
-    monkeypatch.setenv("DMLVIZ_CACHE_DIR", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")  # checkpoints and features in tmp_path
 
 
 @pytest.fixture(scope="module")

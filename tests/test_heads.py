@@ -17,9 +17,7 @@ from dmlviz.losses import DeepSupervisedLoss, MultiSimilarityLoss, SupervisedEmb
 C, CG = 8, 6
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("DMLVIZ_CACHE_DIR", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")  # checkpoints and features in tmp_path
 
 
 def _inputs(name: str, n: int = 6):

@@ -25,9 +25,7 @@ from dmlviz.metrics import epochs_to_converge
 matplotlib.use("Agg")
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("DMLVIZ_CACHE_DIR", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")  # checkpoints and features in tmp_path
 
 
 def _randomise_phi(soa: SecondOrderAttention, seed: int = 0) -> None:

@@ -6,10 +6,7 @@ from dmlviz.cache import cache_dir, digest, load_entry, save_entry
 from dmlviz.losses import MultiSimilarityLoss, ProxyAnchorLoss
 from dmlviz.train import embed, fit
 
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("DMLVIZ_CACHE_DIR", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")  # checkpoints and features in tmp_path
 
 
 def _blobs(classes=8, per_class=12, dim=16, seed=0):
