@@ -411,7 +411,8 @@ def recall_hits(embeddings: torch.Tensor, labels: torch.Tensor, k: int = 1, *,
 
 
 def epochs_to_converge(history, fraction: float = 0.9, metric: str = "recall@1") -> float:
-    """Epochs a run needs to make ``fraction`` of its gain in ``metric`` (Figs. 1, 7).
+    """Epochs a run needs to make ``fraction`` of its gain in ``metric`` — this course's rule
+    for comparing convergence speed, which the SOA paper's Figs. 1 and 7 show by eye only.
 
     With ``m_t`` the metric after epoch ``t`` (``t = 0`` before training) and ``m* = max_t
     m_t``, the first ``t`` with ``m_t − m_0 ≥ fraction · (m* − m_0)``, linearly interpolated

@@ -41,6 +41,8 @@ def _x(*shape, seed=0):
 # ----------------------------------------------------------------------------- kernels
 
 def test_sop_features_are_the_upper_triangle_of_the_outer_product():
+    """Sec. 3.3: "We summarize the bilinear pooling and feature rearrangement with:
+    SoP(x̄) = Vec(UTri(x̄x̄ᵀ))" — the upper triangle of the outer product, vectorised."""
     x = _x(3, 5, 4)  # (..., c) with c = 4
     f = sop_features(x)
     assert f.shape == (3, 5, 4 * 5 // 2)
@@ -62,6 +64,9 @@ def test_sop_inner_products_exact_kernel_and_papers_choice():
 
 
 def test_rff_features_formula_and_kernel():
+    """Eq. (14): κ(x̄) = √(1/c')[cos(ωᵀx̄); sin(ωᵀx̄)], "where the weights (i.e., ω_i,
+    i = 1, …, c') are drawn from the scaled Fourier transformation of a Gaussian kernel" —
+    checked against the explicit formula; the frequencies' scale is 1/σ (module docstring)."""
     rff = RandomFourierFeatures(3, 7, sigma=2.0, seed=0).double()
     x = _x(4, 3)
     proj = x @ rff.omega
@@ -75,6 +80,8 @@ def test_rff_features_formula_and_kernel():
 
 
 def test_gaussian_kernel_explicit():
+    """Eq. (13): "the function Gau(x̄) estimates the Gaussian kernel along each channel, such
+    that" K(x̄_i, x̄_j) = exp(−‖x̄_i − x̄_j‖² / 2σ²) — against an explicit double loop."""
     x, y = _x(4, 3), _x(5, 3, seed=1)
     k = gaussian_kernel(x, y, sigma=1.5)
     for i in range(4):

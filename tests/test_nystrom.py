@@ -49,6 +49,9 @@ def randn(*shape, seed=0):
 
 @pytest.mark.parametrize("seed", range(5))
 def test_exact_on_rank_m_matrices(seed):
+    """Sec. 3.1: "we propose to approximate it by randomly sampling m rows and m columns of
+    An,n without replacement, and then setting An,n ≈ An,m A−1 m,m Am,n" — with m random
+    landmarks the ≈ is exact when rank(A) = m (A_{m,m} invertible)."""
     n, m = 60, 7
     A = rank_m(n, m, seed)
     rows = landmarks(n, m, "random", seed=seed)

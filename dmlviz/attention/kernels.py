@@ -9,7 +9,10 @@ an explicit feature map ``x̃ = κ(x̄)`` with ``⟨x̃_i, x̃_j⟩ ≈ K(x̄_i,
   of ``x̄x̄ᵀ`` vectorised, ``c̄(c̄+1)/2`` features (eqs. 8–12);
 * **Gaussian** ``K(x, y) = exp(-‖x-y‖² / 2σ²)`` (eq. 13): :class:`RandomFourierFeatures` (Rahimi &
   Recht, NeurIPS 2007), ``κ(x̄) = √(1/c')[cos(ωᵀx̄); sin(ωᵀx̄)]`` with ``ω_i ~ N(0, σ⁻²I)``,
-  ``2c'`` features (eqs. 14–16); the error shrinks like ``1/√c'`` (Remark 3,
+  ``2c'`` features (eqs. 14–16; eq. 15 prints ``ω ~ N(0, I)``, i.e. σ = 1 — the Fourier
+  transform of the kernel of eq. 13 is ``N(0, σ⁻²I)``, drawn here); Remark 3 / eq. (16) gives the
+  kernel as the features' expectation, and the error shrinks like ``1/√c'`` (Rahimi & Recht's
+  bound, not a statement of the paper;
   :func:`rff_kernel_error`). :func:`gaussian_kernel` is the exact kernel they approximate and
   :func:`median_distance` the median heuristic for σ.
 
@@ -188,7 +191,7 @@ def rff_kernel_error(x: torch.Tensor, rff_dims, sigma: float = 1.0, seeds=(0, 1,
 
     For every ``c'`` in ``rff_dims`` and every seed, draws fixed frequencies, computes
     ``|⟨κ(x_i), κ(y_j)⟩ - K(x_i, y_j)|`` for all pairs and averages over pairs and seeds
-    (Remark 3 / eq. 16: it should shrink like ``1/√c'``).
+    (eq. 16 gives the expectation; Rahimi & Recht's bound makes it shrink like ``1/√c'``).
 
     Args:
         x: ``(n, c)`` vectors.
